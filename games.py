@@ -1,0 +1,1373 @@
+"""
+games.py -- the GIFT training games as small text environments, plus an arithmetic stand-in for MATH.
+
+What it is: each game is a plain class with reset(seed) -> observation text and step(response) ->
+(observation, reward, done, info). The model's raw reply goes in. The env takes the last
+<answer>...</answer> out of it, checks it, and plays all the other players itself. There is no
+torch here: grpo.py, nested.py, glow_sft.py and evaluate.py drive these envs with any policy.
+
+Interface (other files rely on exactly these names):
+    parse_answer(text) -> str | None            content of the last complete <answer>..</answer>
+    format_answer(action, think=None) -> str    "<think>..</think> <answer>action</answer>"
+    make_env(name, **options) -> env            name in ENV_NAMES: matrix tictactoe spy arith math_jsonl
+    env.reset(seed) -> obs                      same seed + same responses -> the same episode
+    env.step(response) -> obs, reward, done, info
+        info: valid, outcome, success, turn, answer (+ keys of each game)
+        outcome: ongoing win draw loss success failure truncated opponent_error
+    env.render(), env.legal_actions(), env.random_action(rng), env.name, env.max_turns
+    make_arith_problem(rng, steps, max_operand, split) -> dict;  check_answer(answer, gold) -> bool
+    OpenAIChatOpponent(base_url, model): an LLM opponent over HTTP, standard library only
+
+Rewards (GIFT App. B.3): success 1, failure 0, TicTacToe draw 0.5. An unparseable or illegal answer
+gets -0.1, uses up the turn, leaves the state unchanged, and the player may try again while turns
+remain. If the turns run out first, the episode ends as "truncated" (no extra reward). The
+single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad answer: -0.1, "truncated".
+
+Options (all envs also take compact=False):
+    matrix      games="classic"|"random", transform=True, template=None|0..6
+    tictactoe   opponent="random"|"minimax"|callable, opponent_tries=3, random_start=False, max_turns=5
+    spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
+    arith       steps=2, max_operand=20, split="train"|"ood"
+    math_jsonl  path (required)
+A callable opponent gets a full prompt from its own seat and must reply "<answer>...</answer>".
+
+Compact observations, for a tiny character-level model (a bad answer puts a line "invalid" first):
+    matrix     "you:p1\n3,3 0,5\n5,0 1,1"              role, then rows of "P1 payoff,P2 payoff"
+    tictactoe  "x.o\n.x.\n..o\nyou:x"                  the board, then your mark
+    spy        "you:2 word:tea\n1:leaf\n2:\n3:\n4:\nsay"  seat and word, clues per seat, "say"/"vote"
+    arith      "(7+5)*2-3=?"                            the expression; math_jsonl: the question
+
+What we simplified or changed vs GIFT (and why), one line each:
+- Matrix target: a pure Nash equilibrium (highest payoff sum, then lowest numbers), else the argmax of our
+  own mixed equilibrium. GIFT takes the argmax of nashpy's LAST equilibrium (section 3), so labels differ.
+- Matrix invalid answers cost -0.1 (GIFT's env gives 0); the same rule then holds for every game.
+- TicTacToe: "x" always moves first (GIFT's Player 1 is "O"). The opponent is random, minimax or any
+  callable such as an LLM; GIFT always uses Qwen3-14B. The intro text is picked once per episode.
+- Spy: bots with clue lists (data/spy_words.json, our own) stand in for the Qwen3-14B opponents. The
+  vote instruction is the same for spy and civilians; GIFT's differs, which gives the role away.
+- MATH is replaced by "arith": seeded multi-step integer word problems a tiny model can learn. An
+  "ood" split differs in kind: new wordings and nouns, exact division (never seen in train), 2 more
+  steps, bigger numbers. "math_jsonl" reads real problems from a file of question/answer lines.
+- Every env has compact=True: a very short observation for a tiny character-level model.
+
+Run:  python games.py demo                                   # one bot-vs-bot episode per game
+      python games.py play tictactoe --opponent minimax      # you play, in the terminal
+      python games.py play spy | matrix | arith  [--seed N]
+"""
+import argparse
+import fractions
+import functools
+import inspect
+import itertools
+import json
+import operator
+import os
+import random
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# Constants, each with its source
+REWARD_SUCCESS = 1.0       # win / correct answer (GIFT App. B.3)
+REWARD_FAILURE = 0.0       # loss / wrong answer / out of turns / opponent broke down
+REWARD_DRAW = 0.5          # TicTacToe draw (GIFT App. B.3)
+REWARD_INVALID = -0.1      # unparseable or illegal answer; GIFT's format penalty (App. B.3)
+MAX_ANSWER_CHARS = 400     # longer answers are invalid: moves, votes, clues and numbers are short
+
+MATRIX_OFFSETS = (0, 100, -100)  # added to every payoff, drawn uniformly (GIFT App. A.1 and code)
+MATRIX_NEGATE_PROB = 0.5         # chance to multiply both payoff matrices by -1 (GIFT App. A.1)
+MATRIX_NEGATE_BELOW_ID = 7       # GIFT's code negates only games 0..6; we do the same for the classics
+RANDOM_GAME_SIZES = (2, 4)       # "random" games: rows and columns each drawn from 2..4
+RANDOM_PAYOFFS = (0, 9)          # integer payoffs of random games, inclusive
+RANDOM_GAME_TRIES = 10_000       # rejection-sampling budget for one game with a unique pure NE
+NASH_TOL = 1e-9                  # numerical slack in the support-enumeration checks
+
+TTT_MAX_TURNS = 5                # learner moves per game; the game always ends by then (GIFT App. B.3)
+TTT_OPPONENT_TRIES = 3           # tries a callable opponent gets for a legal move (GIFT code: 3)
+
+SPY_PLAYERS = 4                  # seats, exactly one spy (GIFT App. A.3)
+SPY_ROUNDS = 2                   # description rounds before the single vote (GIFT App. A.3)
+SPY_MAX_TURNS = 3                # 2 descriptions + 1 vote (GIFT App. A, B.3)
+SPY_OPPONENT_TRIES = 2           # tries a callable opponent gets (GIFT code default in nested envs)
+SPY_WORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "spy_words.json")
+
+ARITH_MUL_FACTORS = (2, 3)       # multiplication only by small factors, in both splits
+ARITH_DIVISORS = (2, 3, 4, 5)    # exact division: the operation that only the ood split uses
+ARITH_OOD_EXTRA_STEPS = 2        # ood problems have this many more operations than train
+ARITH_OOD_SCALE = 5              # ood numbers go up to max_operand * ARITH_OOD_SCALE
+ARITH_TRIES = 1000               # rejection-sampling budget for one ood problem (division must be exact)
+CHECK_TOL = 1e-6                 # relative tolerance of check_answer for non-integer answers
+
+OPPONENT_BACKOFF_S = 0.5         # wait before the first HTTP retry; it doubles each retry (GIFT code)
+
+# One sentence that every full prompt ends with: the reply format of GIFT's wrapper, our wording.
+FORMAT_RULE = ("Reason inside <think> </think>, then give only your final answer inside "
+               "<answer> </answer>.")
+
+
+# -----------------------------------------------------------------------------
+# 1. The answer format (GIFT section 1.0)
+#
+#     reply = "<think> reasoning </think> <answer> action </answer>"
+#
+# GIFT's regex insists that the reply ENDS with </answer> and holds exactly one think block.
+# We are more tolerant: chatter around the tags is fine, and the LAST complete pair wins,
+# because a model that "corrects itself" usually writes the final answer last.
+#
+# The scan is one pass over the tags, so 1 MB of text costs 1 MB of work. A pattern such as
+# "<answer>(.*?)</answer>" would rescan to the end of the text from every unclosed <answer>,
+# which is quadratic. Rules of the scan:
+#   - an opening tag remembers where content starts; a later opening tag replaces it;
+#   - a closing tag after an opening tag makes a complete pair; a closing tag with no open
+#     tag before it is ignored.
+# So "<answer><answer>1</answer></answer>" gives "1" (innermost pair), "<answer>1</answer>
+# <answer>2" gives "1" (2 is never closed), and an empty last pair gives None.
+ANSWER_RE = re.compile(r"<(/?)answer>", re.IGNORECASE | re.ASCII)   # one opening or closing tag
+
+
+def parse_answer(text):
+    """Content of the last complete <answer>...</answer> pair, stripped; None if there is none or it is empty."""
+    if not isinstance(text, str):
+        raise TypeError(f"parse_answer expects a str, got {type(text).__name__}")
+    content, start = None, None
+    for tag in ANSWER_RE.finditer(text):
+        if not tag.group(1):                          # <answer>
+            start = tag.end()
+        elif start is not None:                       # </answer> closing an open tag
+            content, start = text[start:tag.start()], None
+    if content is None:
+        return None
+    return content.strip() or None
+
+
+def format_answer(action, think=None):
+    """What a bot or a teacher "says": the answer wrapped in our tags, with optional reasoning first."""
+    answer = f"<answer>{action}</answer>"
+    return answer if think is None else f"<think>{think}</think> {answer}"
+
+
+# -----------------------------------------------------------------------------
+# 2. What every env shares: turns, invalid answers, the info dict
+#
+# GIFT App. B.3 and its code: a bad answer costs -0.1, the turn is gone, the state is unchanged,
+# and the player sees the same state again with a note. The only other thing all games share is
+# the shape of info. Everything else lives in each game's own class.
+#
+# Each game also offers legal_actions() (where the choices are finite) and random_action(rng).
+# The second exists for the behaviour-cloning warm start: transcripts of random legal play teach a
+# fresh model the answer FORMAT of every game without teaching it any strategy.
+class TextEnv:
+    name = "base"
+    max_turns = 1
+
+    def __init__(self, compact=False):
+        self.compact = bool(compact)
+        self.rng = None                               # random.Random(seed), set by reset()
+        self.turn = 0                                 # learner turns used so far
+        self.done = True
+        self.outcome = "ongoing"
+
+    def _begin(self, seed):
+        # One private RNG per env: the same seed always gives the same episode, whatever else runs.
+        self.seed = operator.index(seed)             # accepts int and numpy ints, refuses 1.5 and "3"
+        self.rng = random.Random(self.seed)
+        self.turn, self.done, self.outcome = 0, False, "ongoing"
+
+    def _take_turn(self, response):
+        """Start a learner turn: check the episode is running and pull the answer out of the reply.
+        Returns (answer, error); error is None when the reply holds a usable answer."""
+        if self.rng is None:
+            raise RuntimeError(f"{self.name}: call reset(seed) before step()")
+        if self.done:
+            raise RuntimeError(f"{self.name}: the episode is over; call reset(seed) to start a new one")
+        if not isinstance(response, str):
+            raise TypeError(f"{self.name}.step expects the model's reply as a str, got {type(response).__name__}")
+        self.turn += 1
+        answer = parse_answer(response)
+        if answer is None:
+            return None, "no <answer>...</answer> with content found"
+        if len(answer) > MAX_ANSWER_CHARS:
+            return answer[:MAX_ANSWER_CHARS], f"the answer is longer than {MAX_ANSWER_CHARS} characters"
+        return answer, None
+
+    def _result(self, obs, reward, valid, outcome, answer, **extra):
+        self.outcome = outcome
+        self.done = outcome != "ongoing"
+        info = {"valid": valid, "outcome": outcome, "success": outcome in ("win", "success"),
+                "turn": self.turn, "answer": answer, **extra}
+        return obs, float(reward), self.done, info
+
+    def _invalid(self, reason, answer, **extra):
+        # The -0.1 is paid even on the last turn; the episode then ends as "truncated".
+        if self.turn >= self.max_turns:
+            obs = self._final_text(f"Invalid answer ({reason}) and no turns left.")
+            return self._result(obs, REWARD_INVALID, False, "truncated", answer, **extra)
+        note = "invalid" if self.compact else f"Your last answer was invalid: {reason}. Nothing changed; try again."
+        return self._result(note + "\n" + self._observation(), REWARD_INVALID, False, "ongoing", answer, **extra)
+
+    def _final_text(self, headline):
+        return headline + "\n" + self.render()
+
+    def _observation(self):
+        raise NotImplementedError
+
+
+# -----------------------------------------------------------------------------
+# 3. Matrix games (GIFT App. A.1): one-shot, "pick your Nash equilibrium action"
+#
+# The nine games of Hua et al. 2024 as GIFT uses them. A is Player 1's payoff, B is Player 2's;
+# rows are Player 1's actions, columns Player 2's, both numbered from 1 in the prompts.
+MATRIX_GAMES = [
+    ("Prisoner's Dilemma", [[3, 0], [5, 1]], [[3, 5], [0, 1]]),
+    ("Battle of the Sexes", [[2, 0], [0, 1]], [[1, 0], [0, 2]]),
+    ("Game of Chicken", [[-10, 1], [-1, 0]], [[-10, -1], [1, 0]]),
+    ("Stag Hunt", [[3, 0], [1, 1]], [[3, 1], [0, 1]]),
+    ("Radio Station", [[25, 50, 50], [30, 15, 30], [20, 20, 10]], [[25, 30, 20], [50, 15, 20], [50, 30, 10]]),
+    ("IESDS", [[13, 1, 7], [4, 3, 6], [-1, 2, 8]], [[3, 4, 3], [1, 3, 2], [2, 3, -1]]),
+    ("Duopolistic Competition",
+     [[0] * 6, [9, 7, 5, 3, 1, -1], [14, 10, 6, 2, -2, -2], [15, 9, 3, -3, -3, -3],
+      [12, 4, -4, -4, -4, -4], [5, -5, -5, -5, -5, -5]],
+     [[0, 9, 14, 15, 12, 5], [0, 7, 10, 9, 4, -5], [0, 5, 6, 3, -4, -5], [0, 3, 2, -3, -4, -5],
+      [0, 1, -2, -3, -4, -5], [0, -1, -2, -3, -4, -5]]),
+    ("GAME", [[1, -1, 5, 1], [2, 1, 3, 5], [1, 0, 1, 0]], [[1, 2, 0, 1], [3, 2, 0, 1], [1, 5, 7, 1]]),
+    ("Weakly Dominated Game", [[5, 4], [6, 3], [6, 4]], [[1, 0], [0, 1], [4, 1]]),
+]
+
+
+# 3a. Pure equilibria: a cell where each player's payoff is the best in its line,
+#
+#     A[i, j] = max_i' A[i', j]   (row i is a best response to column j)
+#     B[i, j] = max_j' B[i, j']   (column j is a best response to row i)
+def pure_equilibria(A, B):
+    """All pure Nash equilibria as 0-indexed (row, col), in row-major order."""
+    A, B = np.asarray(A), np.asarray(B)
+    best_row = A == A.max(axis=0, keepdims=True)            # (m, n): row i is a best reply to column j
+    best_col = B == B.max(axis=1, keepdims=True)            # (m, n): column j is a best reply to row i
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(best_row & best_col))]
+
+
+# 3b. Mixed equilibria by support enumeration (our own, in place of nashpy).
+#
+# Guess the supports I (rows) and J (columns), of equal size k. Player 2's mix y on J must make
+# Player 1 indifferent between the rows of I, and the other way round:
+#
+#     A[I, J] y_J = v 1,   sum(y_J) = 1        B[I, J]^T x_I = u 1,   sum(x_I) = 1
+#
+# Keep (x, y) if both mixes are nonnegative and no action outside the supports pays more.
+# Nondegenerate games always have an equilibrium with equal-size supports; k = 1 finds the pure ones.
+def _indifference_mix(M):
+    """Mix over the columns of the square M that gives every row the same payoff; None if there is none."""
+    k = M.shape[0]
+    system = np.zeros((k + 1, k + 1))
+    system[:k, :k], system[:k, k], system[k, :k] = M, -1.0, 1.0  # M y - v = 0, sum(y) = 1
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    try:
+        solution = np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:                                  # singular: no unique mix
+        return None
+    mix = solution[:k]
+    return None if (mix < -NASH_TOL).any() else np.clip(mix, 0.0, None)
+
+
+def mixed_equilibria(A, B):
+    """Every equilibrium with equal-size supports, smallest supports first, then lexicographic."""
+    A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
+    m, n = A.shape
+    found = []
+    for k in range(1, min(m, n) + 1):
+        for I in itertools.combinations(range(m), k):
+            for J in itertools.combinations(range(n), k):
+                y_J = _indifference_mix(A[np.ix_(I, J)])        # Player 2 keeps Player 1 indifferent on I
+                x_I = _indifference_mix(B[np.ix_(I, J)].T)      # Player 1 keeps Player 2 indifferent on J
+                if y_J is None or x_I is None:
+                    continue
+                x, y = np.zeros(m), np.zeros(n)
+                x[list(I)], y[list(J)] = x_I, y_J
+                row_pay, col_pay = A @ y, x @ B                  # (m,), (n,): payoff of every pure reply
+                if row_pay.max() <= row_pay[list(I)].min() + NASH_TOL and \
+                   col_pay.max() <= col_pay[list(J)].min() + NASH_TOL:
+                    found.append((x, y))
+    return found
+
+
+# 3c. The target action. The prompt states the same rule, so the label is learnable:
+#   1. pure equilibria exist: take the one with the largest A + B (payoff dominance), then the
+#      lowest (row, col);
+#   2. none: take the first mixed equilibrium of 3b and the role's most likely action (lowest on ties).
+# GIFT instead takes nashpy's LAST support-enumeration equilibrium and its argmax. For games with
+# several equilibria that is often the mixed one, so some labels differ (GIFT's column from the notes
+# in shared/papers/gift.md; ours pinned by tests/test_games.py):
+#
+#     game                      ours P1,P2  negated       GIFT P1,P2  negated
+#     Prisoner's Dilemma        2,2         1,1           2,2         1,1
+#     Battle of the Sexes       1,1         1,2           1,2         1,2
+#     Game of Chicken           1,2         1,1           2,2         2,2
+#     Stag Hunt                 1,1         1,2           2,2         2,2
+#     Radio Station             1,2         3,3           1,1         2,2
+#     IESDS                     2,2         2,3 (mixed)   2,2         2,3
+#     Duopolistic Competition   3,3         6,6           3,3         1,1
+#     GAME                      2,1         never negated 2,1
+#     Weakly Dominated Game     3,1         never negated 3,1
+def matrix_target(A, B, role):
+    """The 1-indexed action of `role` (1 or 2) under the rule above."""
+    A, B = np.asarray(A), np.asarray(B)
+    pure = pure_equilibria(A, B)
+    if pure:
+        best = max(pure, key=lambda cell: (A[cell] + B[cell], -cell[0], -cell[1]))
+        return best[role - 1] + 1
+    mixed = mixed_equilibria(A, B)
+    if not mixed:
+        raise ValueError("no equilibrium with equal-size supports: the game is degenerate; "
+                         f"A={A.tolist()} B={B.tolist()}")
+    strategy = mixed[0][role - 1]
+    return int(np.flatnonzero(strategy >= strategy.max() - NASH_TOL)[0]) + 1
+
+
+# 3d. Random games for unlimited variety: rejection sampling until exactly one pure equilibrium,
+# so the target never depends on our tie rule. The sign flip happens before the check, because
+# negation changes the equilibria; the offset is added afterwards since it changes nothing.
+def random_matrix_game(rng, negate_prob=0.0):
+    """(A, B, negated): integer payoffs, 2..4 actions each, a unique pure NE."""
+    for _ in range(RANDOM_GAME_TRIES):
+        m, n = rng.randint(*RANDOM_GAME_SIZES), rng.randint(*RANDOM_GAME_SIZES)
+        A = np.array([[rng.randint(*RANDOM_PAYOFFS) for _ in range(n)] for _ in range(m)])
+        B = np.array([[rng.randint(*RANDOM_PAYOFFS) for _ in range(n)] for _ in range(m)])
+        negated = rng.random() < negate_prob
+        if negated:
+            A, B = -A, -B
+        if len(pure_equilibria(A, B)) == 1:
+            return A, B, negated
+    raise RuntimeError(f"no game with a unique pure equilibrium in {RANDOM_GAME_TRIES} tries")
+
+
+# 3e. Prompt templates: the same game in seven layouts, so the model learns the game and not one
+# table format (GIFT's code has 12 layouts; these are ours). Each gets (A, B, role) and returns
+# the description; the role line and the question are added around it.
+def _grid(A, B, cell):
+    """A Markdown table with rows = Player 1's actions, columns = Player 2's, cells from cell(a, b)."""
+    m, n = A.shape
+    lines = ["|   | " + " | ".join(str(j + 1) for j in range(n)) + " |", "|---|" + "---|" * n]
+    for i in range(m):
+        lines.append(f"| {i + 1} | " + " | ".join(cell(A[i, j], B[i, j]) for j in range(n)) + " |")
+    return "\n".join(lines)
+
+
+def _cells(A, B):
+    return [(i + 1, j + 1, int(A[i, j]), int(B[i, j])) for i in range(A.shape[0]) for j in range(A.shape[1])]
+
+
+def _tpl_two_tables(A, B, role):
+    return ("Player 1 picks a row and Player 2 picks a column, at the same time.\n\n"
+            f"Payoffs of Player 1:\n{_grid(A, B, lambda a, b: str(a))}\n\n"
+            f"Payoffs of Player 2:\n{_grid(A, B, lambda a, b: str(b))}")
+
+
+def _tpl_joint_table(A, B, role):
+    return ("Rows are Player 1's actions, columns are Player 2's actions. "
+            "Each cell shows (payoff of Player 1, payoff of Player 2).\n\n"
+            + _grid(A, B, lambda a, b: f"({a}, {b})"))
+
+
+def _tpl_outcomes(A, B, role):
+    lines = [f"- Player 1 plays {i}, Player 2 plays {j}: Player 1 gets {a}, Player 2 gets {b}"
+             for i, j, a, b in _cells(A, B)]
+    return "Both players choose at once. The possible outcomes are:\n" + "\n".join(lines)
+
+
+def _tpl_matrices(A, B, role):
+    return ("Entry [i][j] of each matrix is the payoff when Player 1 plays i and Player 2 plays j.\n"
+            f"Player 1 payoff matrix: {A.tolist()}\nPlayer 2 payoff matrix: {B.tolist()}")
+
+
+def _tpl_shops(A, B, role):
+    lines = [f"- North plan {i}, South plan {j}: North earns {a}, South earns {b}"
+             for i, j, a, b in _cells(A, B)]
+    return (f"Two shops pick a pricing plan without talking to each other. North (Player 1) has plans "
+            f"1-{A.shape[0]}, South (Player 2) has plans 1-{A.shape[1]}. Their profits:\n" + "\n".join(lines))
+
+
+def _tpl_one_line(A, B, role):
+    cells = ", ".join(f"({i},{j})={a}/{b}" for i, j, a, b in _cells(A, B))
+    return f"Payoffs written as (row,column)=Player 1/Player 2: {cells}."
+
+
+def _tpl_your_view(A, B, role):
+    lines = []
+    for i, j, a, b in _cells(A, B):
+        mine, theirs, you, them = (i, j, a, b) if role == 1 else (j, i, b, a)
+        lines.append(f"- you play {mine} and the other player plays {theirs}: you get {you}, they get {them}")
+    return "From your side of the table:\n" + "\n".join(sorted(lines))
+
+
+MATRIX_TEMPLATES = (_tpl_two_tables, _tpl_joint_table, _tpl_outcomes, _tpl_matrices,
+                    _tpl_shops, _tpl_one_line, _tpl_your_view)
+MATRIX_RULE = ("Choose the action you would play in a Nash equilibrium: a pair of actions where "
+               "neither player can do better by changing only their own action. If there are several, "
+               "use the one with the largest total payoff of both players (then the lowest action "
+               "numbers). If there is none, use the action you play most often in a mixed equilibrium.")
+
+
+class MatrixEnv(TextEnv):
+    """One-shot matrix game: answer with your action number (a bare integer, whitespace allowed)."""
+    name = "matrix"
+    max_turns = 1
+
+    def __init__(self, games="classic", transform=True, template=None, compact=False):
+        super().__init__(compact)
+        if games not in ("classic", "random"):
+            raise ValueError(f"matrix: games must be 'classic' or 'random', got {games!r}")
+        if template is not None and template not in range(len(MATRIX_TEMPLATES)):
+            raise ValueError(f"matrix: template must be None or 0..{len(MATRIX_TEMPLATES) - 1}, got {template!r}")
+        self.games, self.transform, self.fixed_template = games, bool(transform), template
+
+    def reset(self, seed):
+        self._begin(seed)
+        rng = self.rng
+        if self.games == "classic":
+            game_id = rng.randrange(len(MATRIX_GAMES))
+            self.game_name, A, B = MATRIX_GAMES[game_id]
+            A, B = np.array(A), np.array(B)
+            # GIFT's code: flip signs with p=1/2 only for game ids < 7 (not GAME, not Weakly Dominated).
+            self.negated = self.transform and game_id < MATRIX_NEGATE_BELOW_ID and rng.random() < MATRIX_NEGATE_PROB
+            if self.negated:
+                A, B = -A, -B
+        else:
+            A, B, self.negated = random_matrix_game(rng, MATRIX_NEGATE_PROB if self.transform else 0.0)
+            self.game_name = f"random {A.shape[0]}x{A.shape[1]}"
+        # The offset moves every payoff by the same amount: equilibria stay, the numbers look new.
+        self.offset = rng.choice(MATRIX_OFFSETS) if self.transform else 0
+        self.A, self.B = A + self.offset, B + self.offset
+        self.template = rng.randrange(len(MATRIX_TEMPLATES)) if self.fixed_template is None else self.fixed_template
+        self.role = rng.choice((1, 2))
+        # Computed on the transformed game, so a sign flip gets its own (correct) label.
+        self.target = matrix_target(self.A, self.B, self.role)
+        return self._observation()
+
+    def legal_actions(self):
+        return [str(a + 1) for a in range(self.A.shape[self.role - 1])]
+
+    def random_action(self, rng):
+        return rng.choice(self.legal_actions())
+
+    def render(self):
+        if self.compact:   # "you:p1", then one line per row with cells "a,b"
+            rows = [" ".join(f"{a},{b}" for a, b in zip(ra, rb)) for ra, rb in zip(self.A.tolist(), self.B.tolist())]
+            return f"you:p{self.role}\n" + "\n".join(rows)
+        side = "the row" if self.role == 1 else "the column"
+        return (f"You are Player {self.role} (you choose {side}).\n\n"
+                + MATRIX_TEMPLATES[self.template](self.A, self.B, self.role))
+
+    def _observation(self):
+        if self.compact:
+            return self.render()
+        actions = ", ".join(self.legal_actions())
+        # The example shows the format with a placeholder: a real action number would bias the choice.
+        return (f"{self.render()}\n\n{MATRIX_RULE}\nYour actions: {actions}. {FORMAT_RULE} "
+                "Write the action number only, as <answer>N</answer>.")
+
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        extra = {"game": self.game_name, "role": f"P{self.role}", "target": str(self.target),
+                 "negated": self.negated, "offset": self.offset}
+        # A bare number only: "2" and " 2 " count, "Action 2" and "02" are format errors.
+        if error is None and answer not in self.legal_actions():
+            error = f"{answer!r} is not one of your actions {', '.join(self.legal_actions())}"
+        if error:
+            return self._invalid(error, answer, **extra)
+        won = int(answer) == self.target
+        obs = self._final_text(f"You played {answer}; the equilibrium action is {self.target}.")
+        return self._result(obs, REWARD_SUCCESS if won else REWARD_FAILURE, True,
+                            "success" if won else "failure", answer, **extra)
+
+
+# -----------------------------------------------------------------------------
+# 4. TicTacToe (GIFT App. A.2): multi-turn against a fixed opponent
+#
+# A board is a tuple of 9 cells "x", "o" or "." in row-major order; cell k is (row k//3+1, col k%3+1).
+# "x" always moves first, so whose turn it is follows from the counts.
+TTT_LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
+EMPTY = "."
+# A move is two digits 1-3: "(2,3)", "2,3" and "2 3" all work; the first such pair in the answer counts.
+# The look-behind stops a long run of digits from being retried at every position.
+MOVE_RE = re.compile(r"(?<![0-9])([0-9]+)\s*(?:,\s*|\s)\s*([0-9]+)")
+
+
+def ttt_winner(board):
+    """"x" or "o" if that mark has three in a line, else None."""
+    for a, b, c in TTT_LINES:
+        if board[a] != EMPTY and board[a] == board[b] == board[c]:
+            return board[a]
+    return None
+
+
+def ttt_legal_moves(board):
+    """Empty cell indices 0..8; none once somebody has won."""
+    return [] if ttt_winner(board) else [k for k in range(9) if board[k] == EMPTY]
+
+
+def ttt_to_move(board):
+    return "x" if sum(c != EMPTY for c in board) % 2 == 0 else "o"
+
+
+def ttt_move_str(cell):
+    return f"({cell // 3 + 1},{cell % 3 + 1})"
+
+
+def _other(mark):
+    return "o" if mark == "x" else "x"
+
+
+def _place(board, cell, mark):
+    return tuple(board[:cell]) + (mark,) + tuple(board[cell + 1:])
+
+
+# Perfect play by negamax: the value of a position for the player to move is
+#
+#     V(s) = +1 win, 0 draw, -1 loss;    V(s) = max over moves m of -V(s after m)
+#
+# There are only 5,478 reachable positions, so the cache holds the whole game tree after one game.
+@functools.lru_cache(maxsize=None)
+def _negamax(board, to_move):
+    winner = ttt_winner(board)
+    if winner:
+        return 1 if winner == to_move else -1
+    moves = ttt_legal_moves(board)
+    if not moves:
+        return 0
+    return max(-_negamax(_place(board, m, to_move), _other(to_move)) for m in moves)
+
+
+def minimax_values(board, to_move):
+    """{cell: value for to_move of playing there} with values +1 / 0 / -1 under perfect play."""
+    board = tuple(board)
+    return {m: -_negamax(_place(board, m, to_move), _other(to_move)) for m in ttt_legal_moves(board)}
+
+
+# The FIRST pair counts (GIFT's parser does the same), so "(1,1) or maybe (2,2)" plays (1,1).
+def parse_ttt_move(answer):
+    """0..8 for the first "(row,col)" in the answer, or None; out-of-range digits give None."""
+    found = MOVE_RE.search(answer or "")
+    if not found or len(found.group(1)) > 1 or len(found.group(2)) > 1:
+        return None
+    row, col = int(found.group(1)), int(found.group(2))
+    return (row - 1) * 3 + (col - 1) if 1 <= row <= 3 and 1 <= col <= 3 else None
+
+
+TTT_INTROS = (
+    "Tic-Tac-Toe on a 3x3 grid. Two players take turns putting their mark in an empty cell. The "
+    "first player with three marks in a line (a row, a column or a diagonal) wins. If the grid "
+    "fills up without such a line, the game is a draw.",
+    "Noughts and crosses: players alternate, each claiming one empty square per move. Three of "
+    "your marks in a straight line, across, down or corner to corner, win the game; a full board "
+    "with no line is a draw.",
+)   # GIFT has 4 intros and redraws one every turn; we draw one per episode
+
+
+class TicTacToeEnv(TextEnv):
+    """TicTacToe against a random, minimax or callable opponent. Answer "(row,col)", 1-indexed."""
+    name = "tictactoe"
+
+    def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
+                 max_turns=TTT_MAX_TURNS, compact=False):
+        super().__init__(compact)
+        if opponent not in ("random", "minimax") and not callable(opponent):
+            raise ValueError(f"tictactoe: opponent must be 'random', 'minimax' or a callable, got {opponent!r}")
+        self.opponent, self.opponent_tries = opponent, int(opponent_tries)
+        self.random_start, self.max_turns = bool(random_start), int(max_turns)
+
+    # Start states (GIFT code, tictactoe/env.py):
+    #   - the learner moves first with p = 1/2;
+    #   - random_start (training): with p = 1/2 each side first places one random piece;
+    #   - if the opponent moves first, its opening is a random cell, in training and evaluation.
+    # The random opening also means a callable opponent is never asked during reset().
+    def reset(self, seed):
+        self._begin(seed)
+        rng = self.rng
+        self.intro = rng.randrange(len(TTT_INTROS))
+        learner_first = rng.random() < 0.5
+        self.mark = "x" if learner_first else "o"
+        self.opponent_mark = _other(self.mark)
+        self.board = (EMPTY,) * 9
+        if self.random_start and rng.random() < 0.5:
+            for mark in ("x", "o"):
+                self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), mark)
+        if not learner_first:
+            self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), self.opponent_mark)
+        return self._observation()
+
+    def legal_actions(self):
+        return [ttt_move_str(k) for k in ttt_legal_moves(self.board)]
+
+    def random_action(self, rng):
+        return rng.choice(self.legal_actions())
+
+    def render(self):
+        return self._board_text(self.mark, self.compact)
+
+    def _board_text(self, mark, compact):
+        # Full text numbers rows and columns, so the model can read coordinates off the board.
+        rows = ["".join(self.board[3 * r:3 * r + 3]) for r in range(3)]
+        if compact:   # three lines of x / o / . and whose mark is yours
+            return "\n".join(rows) + f"\nyou:{mark}"
+        grid = ["    1 2 3"] + [f" {r + 1}  " + " ".join(rows[r]) for r in range(3)]
+        return (f"You play \"{mark}\", your opponent plays \"{_other(mark)}\".\n"
+                "Board (rows numbered on the left, columns on top):\n" + "\n".join(grid))
+
+    def _prompt(self, mark, for_opponent):
+        """The full prompt for whoever plays `mark`: the learner, or a callable opponent."""
+        # A callable opponent (an LLM) gets the same text from its own side, but is asked for the bare
+        # answer, as GIFT asks its Qwen3-14B opponent; the learner is asked to reason first.
+        legal = " ".join(self.legal_actions())
+        ending = (f"Turns left: {self.max_turns - self.turn}. {FORMAT_RULE}" if not for_opponent
+                  else "Reply with only your move inside <answer> </answer> and no other text.")
+        return (f"{TTT_INTROS[self.intro]}\n\n{self._board_text(mark, compact=False)}\n\nLegal moves: {legal}\n"
+                f"Give your move as <answer>(row,col)</answer>, row and column from 1 to 3. {ending}")
+
+    def _observation(self):
+        if self.compact:
+            return self.render()
+        return self._prompt(self.mark, for_opponent=False)
+
+    def _opponent_move(self):
+        """A cell for the opponent, or None if a callable opponent failed every try."""
+        moves = ttt_legal_moves(self.board)
+        if self.opponent == "random":
+            return self.rng.choice(moves)
+        if self.opponent == "minimax":
+            # Perfect, and random among equally good moves so games differ between seeds.
+            values = minimax_values(self.board, self.opponent_mark)
+            best = max(values.values())
+            return self.rng.choice([m for m in moves if values[m] == best])
+        for _ in range(self.opponent_tries):
+            cell = parse_ttt_move(parse_answer(self.opponent(self._prompt(self.opponent_mark, for_opponent=True))))
+            if cell in moves:
+                return cell
+        return None
+
+    def _game_over(self, answer, extra):
+        """(obs, reward, done, info) if the board is finished, else None."""
+        winner = ttt_winner(self.board)
+        if winner is None and EMPTY in self.board:
+            return None
+        outcome, reward = (("draw", REWARD_DRAW) if winner is None else
+                           ("win", REWARD_SUCCESS) if winner == self.mark else ("loss", REWARD_FAILURE))
+        return self._result(self._final_text(f"Game over: {outcome}."), reward, True, outcome, answer, **extra)
+
+    # One learner turn is: the learner's move, then (if the game goes on) the opponent's reply.
+    # Rewards come only at the end of the game; in between every step pays 0 (GIFT App. B.3).
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        cell = parse_ttt_move(answer) if error is None else None
+        extra = {"action": None if cell is None else ttt_move_str(cell), "opponent_action": None, "mark": self.mark}
+        if error is None and cell is None:
+            error = f"{answer!r} is not a move (row,col) with row and col in 1..3"
+        elif error is None and self.board[cell] != EMPTY:
+            error = f"cell {ttt_move_str(cell)} is already taken"
+        if error:
+            return self._invalid(error, answer, board="".join(self.board), **extra)
+        self.board = _place(self.board, cell, self.mark)
+        over = self._game_over(answer, {**extra, "board": "".join(self.board)})
+        if over:
+            return over
+        reply = self._opponent_move()
+        if reply is None:
+            # GIFT: an opponent with no legal move after its tries ends the game, reward 0, no success.
+            return self._result(self._final_text("The opponent failed to give a legal move."),
+                                REWARD_FAILURE, True, "opponent_error", answer, board="".join(self.board), **extra)
+        self.board = _place(self.board, reply, self.opponent_mark)
+        extra["opponent_action"] = ttt_move_str(reply)
+        extra["board"] = "".join(self.board)
+        over = self._game_over(answer, extra)
+        if over:
+            return over
+        # Only reachable after invalid answers (or max_turns < 5): 5 legal moves always finish a game.
+        if self.turn >= self.max_turns:
+            return self._result(self._final_text("Out of turns."), REWARD_FAILURE, True, "truncated", answer, **extra)
+        obs = self._observation() if self.compact else \
+            f"Your opponent played {extra['opponent_action']}.\n\n" + self._observation()
+        return self._result(obs, 0.0, True, "ongoing", answer, **extra)
+
+
+# -----------------------------------------------------------------------------
+# 5. Who's the Spy (GIFT App. A.3): 4 players, 1 spy, 2 description rounds, 1 vote
+#
+# Three civilians share a word; the spy has a related one. Nobody is told their role. Players
+# describe their word in seat order for two rounds, then all vote at once; the most-voted player is
+# out (ties at random). Civilians win iff the spy is out. The learner wins iff its side wins.
+#
+# GIFT's opponents are Qwen3-14B. Our built-in bots need no LLM: each word has a list of honest
+# clue words (data/spy_words.json). A bot
+#   - describes with one of its clues that nobody has said yet (any of its clues if none is left);
+#   - votes for the other player whose words fit its OWN word least:
+#         fit(p) = number of words p said that are in clues(own word) + {own word}
+#     ties at random. The spy bot uses the same rule, which makes it vote for a civilian whose
+#     clues differ from its word, a reasonable way to blend in.
+WORD_RE = re.compile(r"[a-z]+")
+SPY_INTROS = (
+    "Game: Who's the Spy, 4 players. Every player has a secret word. Three players share the same "
+    "word; one player, the spy, has a different but related word. Nobody is told whether they are "
+    "the spy. In each of 2 rounds, every player in turn describes their own word in a few words "
+    "without saying it. Then everyone votes at the same time for one other player, and the player "
+    "with the most votes is out (a tie is broken at random). If the spy is voted out, the other "
+    "three win; otherwise the spy wins.",
+    "Who's the Spy: four players each got a secret word. Three of the words are the same and one "
+    "is a related word held by the spy, but no one knows which one they got. Players take turns "
+    "giving short descriptions of their word, never the word itself, for two rounds, then all vote "
+    "at once to send one other player out, with ties settled by chance. The spy's opponents win "
+    "if the spy is sent out; if anyone else is sent out, the spy wins.",
+)   # GIFT has 4 rule texts redrawn every turn; we draw one per episode
+
+
+def load_spy_words(path=None):
+    """(pairs, clues). Our file: {"pairs": [[spy, civilian], ...], "clues": {word: [...]}}.
+    An external file may be a bare list [[spy_word, civilian_word], ...]; then clues is None."""
+    path = path or SPY_WORDS_FILE
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    pairs, clues = (data.get("pairs"), data.get("clues")) if isinstance(data, dict) else (data, None)
+    if not isinstance(pairs, list) or not pairs:
+        raise ValueError(f"{path}: expected a non-empty list of [spy_word, civilian_word] pairs")
+    for k, pair in enumerate(pairs):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) and w.strip() for w in pair)):
+            raise ValueError(f"{path}: pair {k} must be [spy_word, civilian_word] of two non-empty strings, got {pair!r}")
+    if clues is not None:
+        missing = sorted({w for pair in pairs for w in pair} - set(clues))
+        if missing:
+            raise ValueError(f"{path}: no clue list for {missing[:5]}")
+    return pairs, clues
+
+
+def says_word(text, word):
+    """True if `word` appears in `text` as a whole word, case-insensitive."""
+    return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
+
+
+# The first "Player N" counts ("Player 3, because Player 2 was vague" votes 3); a bare "3" counts
+# only if no "Player N" appears. A vote for yourself or a missing seat is a format error.
+def parse_vote(answer, voter, players):
+    """The seat voted for ("Player 3", "player 3" or a bare "3"); None unless it is another player."""
+    found = (re.search(r"player\s*([0-9]+)", answer or "", re.IGNORECASE)
+             or re.search(r"(?<![0-9])([0-9]{1,3})(?![0-9])", answer or ""))
+    if not found:
+        return None
+    seat = int(found.group(1)[:3])
+    return seat if seat in players and seat != voter else None
+
+
+def spy_eliminate(votes, rng):
+    """The seat with most votes, ties broken with rng. votes: {voter: seat voted for}."""
+    counts = {}
+    for seat in votes.values():
+        counts[seat] = counts.get(seat, 0) + 1
+    top = max(counts.values())
+    return rng.choice(sorted(seat for seat, c in counts.items() if c == top))
+
+
+class SpyEnv(TextEnv):
+    """Who's the Spy from the learner's seat. Answers: a short description, then "Player k"."""
+    name = "spy"
+
+    def __init__(self, words_file=None, opponent=None, opponent_tries=SPY_OPPONENT_TRIES,
+                 max_turns=SPY_MAX_TURNS, compact=False):
+        super().__init__(compact)
+        self.pairs, self.clues = load_spy_words(words_file)
+        if opponent is not None and not callable(opponent):
+            raise ValueError(f"spy: opponent must be None (built-in bots) or a callable, got {opponent!r}")
+        if self.clues is None and opponent is None:
+            raise ValueError(f"spy: {words_file} has word pairs but no clue lists, so the built-in bots "
+                             "cannot describe or vote; pass opponent=callable (for example an OpenAIChatOpponent)")
+        self.opponent, self.opponent_tries, self.max_turns = opponent, int(opponent_tries), int(max_turns)
+        self.players = list(range(1, SPY_PLAYERS + 1))
+
+    def reset(self, seed):
+        self._begin(seed)
+        rng = self.rng
+        spy_word, civilian_word = rng.choice(self.pairs)
+        # Seats drawn independently, so the learner is the spy 1 time in 4 (GIFT code).
+        self.learner_seat, self.spy_seat = rng.choice(self.players), rng.choice(self.players)
+        self.words = {p: spy_word if p == self.spy_seat else civilian_word for p in self.players}
+        self.intro = rng.randrange(len(SPY_INTROS))
+        self.descriptions = []                        # (round, seat, text) in speaking order
+        self.votes = {}
+        self.speaking_order = [(r, p) for r in range(1, SPY_ROUNDS + 1) for p in self.players]
+        self.next_slot = 0
+        # Bots seated before the learner speak now. A callable that fails here ends the episode at the
+        # learner's first step (reset() must return an observation, so it cannot end the game itself).
+        self.broken = not self._others_speak()
+        return self._observation()
+
+    @property
+    def phase(self):
+        return "describe" if self.next_slot < len(self.speaking_order) else "vote"
+
+    # --- what the other players do ----------------------------------------------------------
+    def _used_words(self):
+        return {w for _, _, text in self.descriptions for w in WORD_RE.findall(text.lower())}
+
+    def _bot_describe(self, seat, rng):
+        # A fresh clue each time, as the rules ask for something new; repeats only when all are used.
+        clues = self.clues[self.words[seat]]
+        fresh = [c for c in clues if c not in self._used_words()]
+        return rng.choice(fresh or clues)
+
+    def _bot_vote(self, seat):
+        own = self.words[seat].lower()
+        fits = set(self.clues[self.words[seat]]) | {own}
+        fit = {p: sum(w in fits for r, s, text in self.descriptions if s == p for w in WORD_RE.findall(text.lower()))
+               for p in self.players if p != seat}
+        lowest = min(fit.values())
+        return self.rng.choice([p for p in sorted(fit) if fit[p] == lowest])
+
+    def _ask_opponent(self, seat):
+        """A description (str) or vote (int) from a callable opponent; None after its tries fail.
+        Opponents obey the learner's rules: no secret word, a vote for another seat."""
+        for _ in range(self.opponent_tries):
+            answer = parse_answer(self.opponent(self._prompt(seat, for_opponent=True)))
+            if self.phase == "vote":
+                vote = parse_vote(answer, seat, self.players)
+                if vote is not None:
+                    return vote
+            elif answer and len(answer) <= MAX_ANSWER_CHARS and not says_word(answer, self.words[seat]):
+                return answer
+        return None
+
+    def _others_speak(self):
+        """Let everyone before the learner's next slot describe. False if a callable opponent failed."""
+        while self.phase == "describe":
+            round_, seat = self.speaking_order[self.next_slot]
+            if seat == self.learner_seat:
+                return True
+            text = self._bot_describe(seat, self.rng) if self.opponent is None else self._ask_opponent(seat)
+            if text is None:
+                return False
+            self.descriptions.append((round_, seat, text))
+            self.next_slot += 1
+        return True
+
+    # --- what the learner sees --------------------------------------------------------------
+    def legal_actions(self):
+        if self.phase != "vote":
+            raise NotImplementedError("spy: descriptions are free text; use random_action() for a bot-style one")
+        return [f"Player {p}" for p in self.players if p != self.learner_seat]
+
+    def random_action(self, rng):
+        if self.phase == "vote":
+            return rng.choice(self.legal_actions())
+        if self.clues is None:   # external word list: no clues, so a neutral word that never gives anything away
+            return rng.choice([w for w in ("familiar", "common", "everyday") if not says_word(w, self.words[self.learner_seat])])
+        return self._bot_describe(self.learner_seat, rng)
+
+    def render(self):
+        return self._view(self.learner_seat, self.compact)
+
+    def _view(self, seat, compact):
+        said = {p: [text for _, s, text in self.descriptions if s == p] for p in self.players}
+        if compact:   # "you:2 word:coffee", one line per seat "3:bean/mug", then "say" or "vote"
+            lines = [f"you:{seat} word:{self.words[seat]}"] + [f"{p}:" + "/".join(said[p]) for p in self.players]
+            return "\n".join(lines + ["say" if self.phase == "describe" else "vote"])
+        history = "\n".join(f"Player {p}: " + ("; ".join(f'"{t}"' for t in said[p]) or "(nothing yet)")
+                            for p in self.players)
+        return f"You are Player {seat}. Your secret word is \"{self.words[seat]}\".\n\nDescriptions so far:\n{history}"
+
+    def _prompt(self, seat, for_opponent):
+        if self.phase == "describe":
+            round_ = self.speaking_order[self.next_slot][0]
+            task = (f"Your task now: describe your word in a few words (round {round_} of {SPY_ROUNDS}). "
+                    "Do not say the word itself, and say something new.")
+            example = "a short description"
+        else:
+            choices = ", ".join(f"Player {p}" for p in self.players if p != seat)
+            task = f"Your task now: vote for the player you think is the spy. You can vote for: {choices}."
+            example = "Player N"                      # a placeholder, so no seat is suggested
+        ending = (f"Turns left: {self.max_turns - self.turn}. {FORMAT_RULE}" if not for_opponent
+                  else "Reply with only your answer inside <answer> </answer> and no other text.")
+        return f"{SPY_INTROS[self.intro]}\n\n{self._view(seat, compact=False)}\n\n{task}\nFor example <answer>{example}</answer>. {ending}"
+
+    def _observation(self):
+        return self.render() if self.compact else self._prompt(self.learner_seat, for_opponent=False)
+
+    def _info_extra(self):
+        return {"phase": self.phase, "learner_seat": self.learner_seat, "spy_seat": self.spy_seat,
+                "role": "spy" if self.learner_seat == self.spy_seat else "civilian"}
+
+    # One learner turn is a description (then the others speak up to the learner's next slot) or, in
+    # the end, the vote (then everyone else votes and the game is decided).
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        extra = self._info_extra()
+        vote = None
+        if error is None and self.phase == "describe" and says_word(answer, self.words[self.learner_seat]):
+            error = "the description contains your secret word"
+        if error is None and self.phase == "vote":
+            vote = parse_vote(answer, self.learner_seat, self.players)
+            if vote is None:
+                error = f"{answer!r} is not a vote for another player (1-{SPY_PLAYERS}, not yourself)"
+        if self.broken:                                    # an opponent already failed during reset()
+            return self._result(self._final_text("An opponent failed to answer; the game is void."),
+                                REWARD_FAILURE, error is None, "opponent_error", answer, **extra)
+        if error:
+            return self._invalid(error, answer, **extra)
+        if vote is None:                                   # a valid description
+            round_ = self.speaking_order[self.next_slot][0]
+            self.descriptions.append((round_, self.learner_seat, answer))
+            self.next_slot += 1
+            if not self._others_speak():
+                return self._result(self._final_text("An opponent failed to answer; the game is void."),
+                                    REWARD_FAILURE, True, "opponent_error", answer, **extra)
+            # With the default 3 turns, one invalid answer leaves no turn for the vote: truncated.
+            if self.turn >= self.max_turns:
+                return self._result(self._final_text("Out of turns."), REWARD_FAILURE, True, "truncated",
+                                    answer, **self._info_extra())
+            return self._result(self._observation(), 0.0, True, "ongoing", answer, **self._info_extra())
+        # The vote: the others decide from the descriptions alone, so votes are simultaneous.
+        self.votes = {self.learner_seat: vote}
+        for seat in self.players:
+            if seat != self.learner_seat:
+                self.votes[seat] = self._bot_vote(seat) if self.opponent is None else self._ask_opponent(seat)
+                if self.votes[seat] is None:
+                    return self._result(self._final_text("An opponent failed to vote; the game is void."),
+                                        REWARD_FAILURE, True, "opponent_error", answer, **extra)
+        self.eliminated = spy_eliminate(self.votes, self.rng)
+        # A single vote ends the game (GIFT code): the civilians win iff the spy is out.
+        civilians_win = self.eliminated == self.spy_seat
+        won = civilians_win != (self.learner_seat == self.spy_seat)
+        headline = (f"Votes: {self.votes}. Player {self.eliminated} is out. Player {self.spy_seat} was the spy "
+                    f"(\"{self.words[self.spy_seat]}\"); the {'civilians' if civilians_win else 'spy'} win.")
+        return self._result(self._final_text(headline), REWARD_SUCCESS if won else REWARD_FAILURE, True,
+                            "win" if won else "loss", answer, votes=dict(self.votes),
+                            eliminated=self.eliminated, **extra)
+
+
+# -----------------------------------------------------------------------------
+# 6. Arithmetic: the formal task, standing in for MATH (GIFT section 1.4)
+#
+# GIFT's formal task is MATH level 3-5, checked by math_verify. A tiny model cannot touch that, so
+# "arith" gives seeded integer word problems with a known step-by-step solution:
+#
+#     start, then `steps` operations applied left to right:  ((7 + 5) * 2) - 3 = 21
+#
+# split="train": + - and * (by 2 or 3), numbers up to max_operand, the TRAIN wordings and nouns.
+# split="ood":   held-out wordings and nouns, exact division (never in train, once per problem),
+#                steps + 2 operations, and a start above max_operand (up to 5x). Different in kind.
+#
+# Each problem also carries a wrong solution with ONE realistic slip (for contrastive or
+# error-weighted losses): later steps are done right from the slipped value, so the chain reads as
+# valid after the slip, and its final answer differs from the true one.
+ARITH_TEXT = {
+    "train": {
+        "who": ("Sam", "Mia", "Leo", "Ana", "Ben", "Zoe"),
+        "nouns": ("apples", "marbles", "stickers", "coins", "pencils", "shells"),
+        "start": ("{name} has {n} {noun}.", "{name} starts the day with {n} {noun}."),
+        "+": ("{name} gets {n} more.", "A friend gives {name} {n} more."),
+        "-": ("{name} gives away {n}.", "{name} loses {n}."),
+        "*": ("{name} ends up with {n} times as many.", "Now {name} has {n} times as many {noun} as before."),
+        "question": ("How many {noun} does {name} have now?",),
+    },
+    "ood": {
+        "who": ("warehouse", "library", "farm", "bakery"),
+        "nouns": ("crates", "books", "eggs", "bottles"),
+        "start": ("A {name} holds {n} {noun}.", "At dawn the {name} stores {n} {noun}."),
+        "+": ("A delivery brings {n} more.", "Another {n} arrive."),
+        "-": ("Then {n} are sent away.", "{n} of them are sold."),
+        "*": ("The stock becomes {n} times larger.",),
+        "/": ("Everything is split into {n} equal parts and only one part stays.",
+              "The stock is shared equally among {n} branches and this one keeps its share."),
+        "question": ("How many {noun} does the {name} hold at the end?",),
+    },
+}
+ARITH_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+
+
+def _apply(a, op, n):
+    """a op n, or None when a division would not come out exact."""
+    if op == "/" and (n == 0 or a % n):
+        return None
+    return ARITH_OPS[op](a, n)
+
+
+def _chain(start, ops):
+    """[(op, n, result)] for the correct left-to-right computation."""
+    chain, value = [], start
+    for op, n in ops:
+        value = _apply(value, op, n)
+        chain.append((op, n, value))
+    return chain
+
+
+def _solution_text(start, chain):
+    """ "Step k: a op n = r" lines, each a starting from the previous r, then the answer line."""
+    lines, value = [], start
+    for k, (op, n, result) in enumerate(chain, 1):
+        lines.append(f"Step {k}: {value} {op} {n} = {result}")
+        value = result
+    return "\n".join(lines + [format_answer(str(value))]), value
+
+
+# The slips a person really makes, one per wrong solution:
+#   off_by_one  the result of one step is 1 too high or too low
+#   carry       a forgotten carry (+) or borrow (-): 10 off
+#   sign        + read as - or the other way round
+#   operand     another number of the problem copied in (for * and / another small factor)
+# The step is written as the person did it; every later step is then done RIGHT from the slipped
+# value, so the only error in the text is the slip itself.
+def _slips(start, ops):
+    """Every one-slip chain as (kind, step index, [(op, n, result)]) whose final answer is wrong."""
+    right = _chain(start, ops)
+    numbers = sorted({start} | {n for _, n in ops})
+    candidates = []
+    for s, (op, n, result) in enumerate(right):
+        before = right[s - 1][2] if s else start
+        options = [("off_by_one", op, n, result + 1), ("off_by_one", op, n, result - 1)]
+        if op == "+" and before % 10 + n % 10 >= 10:
+            options.append(("carry", op, n, result - 10))
+        if op == "-" and before % 10 < n % 10:
+            options.append(("carry", op, n, result + 10))
+        if op in "+-":
+            swapped = "-" if op == "+" else "+"
+            options.append(("sign", swapped, n, _apply(before, swapped, n)))
+        pool = numbers if op in "+-" else ARITH_MUL_FACTORS if op == "*" else ARITH_DIVISORS
+        options += [("operand", op, m, _apply(before, op, m)) for m in pool
+                    if m != n and _apply(before, op, m) is not None]
+        for kind, shown_op, shown_n, slipped in options:
+            chain, value = right[:s] + [(shown_op, shown_n, slipped)], slipped
+            for op2, n2 in ops[s + 1:]:
+                value = _apply(value, op2, n2)
+                if value is None:                      # a later division no longer comes out exact
+                    break
+                chain.append((op2, n2, value))
+            if value is not None and value != right[-1][2]:
+                candidates.append((kind, s, chain))
+    return candidates
+
+
+def make_arith_problem(rng, steps=2, max_operand=20, split="train"):
+    """A seeded multi-step integer word problem: {"question", "answer", "solution", "wrong_solution",
+    "wrong_answer", "split", "expression" (compact form), "slip" (which slip, which step)}.
+    Both solutions end with the answer line "<answer>N</answer>"."""
+    if split not in ARITH_TEXT:
+        raise ValueError(f"arith: split must be 'train' or 'ood', got {split!r}")
+    if steps < 1 or max_operand < 2:
+        raise ValueError(f"arith: need steps >= 1 and max_operand >= 2, got steps={steps}, max_operand={max_operand}")
+    ood = split == "ood"
+    text = ARITH_TEXT[split]
+    steps = steps + ARITH_OOD_EXTRA_STEPS if ood else steps
+    high = max_operand * ARITH_OOD_SCALE if ood else max_operand
+    # Draw the numbers; an ood problem whose division step finds no exact divisor is drawn again.
+    for _ in range(ARITH_TRIES):
+        start = rng.randint(max_operand + 1, high) if ood else rng.randint(1, high)
+        divide_at = rng.randrange(steps) if ood else None
+        ops, value = [], start
+        for s in range(steps):
+            op = "/" if s == divide_at else rng.choice("+-*")
+            if op == "-" and value < 1:
+                op = "+"                                    # counts stay >= 0, so nothing to take away
+            n = (rng.choice([d for d in ARITH_DIVISORS if value % d == 0] or [0]) if op == "/" else
+                 rng.choice(ARITH_MUL_FACTORS) if op == "*" else
+                 rng.randint(1, value) if op == "-" else rng.randint(1, high))
+            if op == "/" and (n == 0 or value == 0):
+                break                                       # no exact divisor here: draw a new problem
+            ops.append((op, n))
+            value = _apply(value, op, n)
+        if len(ops) == steps:
+            break
+    else:
+        raise RuntimeError(f"arith: no problem with exact division in {ARITH_TRIES} tries")
+
+    name, noun = rng.choice(text["who"]), rng.choice(text["nouns"])
+    sentences = [rng.choice(text["start"]).format(name=name, n=start, noun=noun)]
+    sentences += [rng.choice(text[op]).format(name=name, n=n, noun=noun) for op, n in ops]
+    sentences.append(rng.choice(text["question"]).format(name=name, noun=noun))
+    # The compact form: left-to-right order made explicit with brackets, e.g. "(7+5)*2-3=?".
+    expression, additive = str(start), False
+    for op, n in ops:
+        if op in "*/" and additive:
+            expression = f"({expression})"
+        expression, additive = f"{expression}{op}{n}", op in "+-"
+
+    solution, answer = _solution_text(start, _chain(start, ops))
+    # Never empty: an off-by-one in the last step always changes the final answer.
+    kind, slip_step, wrong_chain = rng.choice(_slips(start, ops))
+    wrong_solution, wrong_answer = _solution_text(start, wrong_chain)
+    assert wrong_answer != answer
+    return {"question": " ".join(sentences), "answer": answer, "solution": solution,
+            "wrong_solution": wrong_solution, "wrong_answer": wrong_answer, "split": split,
+            "expression": expression + "=?", "slip": f"{kind} at step {slip_step + 1}"}
+
+
+# 6a. One checker for every free-form answer (arith, math_jsonl, glow_sft.py, evaluate.py).
+# Numbers are read exactly as fractions: "12", " 12 ", "12.0", "-3", "1,200", "3/4", "\frac{3}{4}",
+# "\boxed{12}". Never eval(). Non-numbers fall back to comparing normalised strings.
+NUMBER_RE = re.compile(r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|[+-]?\.[0-9]+")
+FRACTION_RE = re.compile(r"([+-]?[0-9]+)\s*/\s*([0-9]+)|\\d?frac\{([+-]?[0-9]+)\}\{([0-9]+)\}")
+BOXED_RE = re.compile(r"\\boxed\{(.*)\}")
+
+
+def parse_number(text):
+    """A fractions.Fraction for a plain number, fraction or \\boxed{number}; None otherwise."""
+    text = text.strip().strip("$").strip()
+    boxed = BOXED_RE.fullmatch(text)
+    if boxed:
+        text = boxed.group(1).strip()
+    if NUMBER_RE.fullmatch(text):
+        return fractions.Fraction(text.replace(",", ""))
+    frac = FRACTION_RE.fullmatch(text)
+    if frac:
+        top, bottom = (frac.group(1), frac.group(2)) if frac.group(1) else (frac.group(3), frac.group(4))
+        return fractions.Fraction(int(top), int(bottom)) if int(bottom) else None
+    return None
+
+
+def _normalise(text):
+    # Runs of whitespace become one space; removing them would make "1 2" equal "12".
+    return re.sub(r"\s+", " ", text.strip().strip("$").rstrip(".").strip()).lower()
+
+
+def check_answer(response_or_answer, gold):
+    """True if the answer equals gold. A reply with <answer> tags is parsed first; a string without
+    tags is taken whole as the answer. Numbers compare exactly, or within CHECK_TOL relative."""
+    text = str(response_or_answer)
+    parsed = parse_answer(text)
+    answer = parsed if parsed is not None else text.strip()
+    if not answer or len(answer) > MAX_ANSWER_CHARS:
+        return False
+    numeric_gold = isinstance(gold, (int, float)) and not isinstance(gold, bool) and np.isfinite(gold)
+    got, want = parse_number(answer), fractions.Fraction(gold) if numeric_gold else parse_number(str(gold))
+    if got is not None and want is not None:
+        return got == want or abs(float(got - want)) <= CHECK_TOL * max(1.0, abs(float(want)))
+    return _normalise(answer) == _normalise(str(gold))
+
+
+def _math_prompt(question, compact):
+    if compact:
+        return question
+    return (f"Solve the problem.\n\n{question}\n\n{FORMAT_RULE} "
+            "Put only the final answer inside the answer tags, as <answer>...</answer>.")
+
+
+# Arith answers must be numbers: a non-number is a format error (-0.1), a wrong number a plain failure
+# (0). math_jsonl answers may be words or formulas, so there any non-empty answer is valid.
+class ArithEnv(TextEnv):
+    """One arithmetic word problem; answer with the number. Non-numbers are invalid (-0.1)."""
+    name = "arith"
+    max_turns = 1
+
+    def __init__(self, steps=2, max_operand=20, split="train", compact=False):
+        super().__init__(compact)
+        make_arith_problem(random.Random(0), steps, max_operand, split)     # fail now on bad options
+        self.steps, self.max_operand, self.split = steps, max_operand, split
+
+    def reset(self, seed):
+        self._begin(seed)
+        self.problem = make_arith_problem(self.rng, self.steps, self.max_operand, self.split)
+        return self._observation()
+
+    def legal_actions(self):
+        raise NotImplementedError("arith: any integer is a legal answer; use random_action()")
+
+    def random_action(self, rng):
+        # An integer in the range the problem lives in: the right format, rarely the right value.
+        return str(rng.randint(0, 2 * max(self.problem["answer"], self.max_operand)))
+
+    def render(self):
+        return self.problem["expression"] if self.compact else self.problem["question"]
+
+    def _observation(self):
+        return _math_prompt(self.render(), self.compact)
+
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        extra = {"target": str(self.problem["answer"])}
+        if error is None and parse_number(answer) is None:
+            error = f"{answer!r} is not a number"
+        if error:
+            return self._invalid(error, answer, **extra)
+        right = check_answer(answer, self.problem["answer"])
+        obs = self._final_text(f"The answer is {self.problem['answer']}.")
+        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
+                            "success" if right else "failure", answer, **extra)
+
+
+class MathJsonlEnv(TextEnv):
+    """Problems from a file of {"question": ..., "answer": ...} lines. Any answer text is valid."""
+    name = "math_jsonl"
+    max_turns = 1
+
+    def __init__(self, path, compact=False):
+        super().__init__(compact)
+        self.path, self.problems = path, []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{number}: expected an object with question and answer")
+                if not isinstance(row.get("question"), str) or not row["question"].strip():
+                    raise ValueError(f"{path}:{number}: field 'question' must be a non-empty string")
+                if not isinstance(row.get("answer"), (str, int, float)) or isinstance(row["answer"], bool):
+                    raise ValueError(f"{path}:{number}: field 'answer' must be a string or a number")
+                self.problems.append(row)
+        if not self.problems:
+            raise ValueError(f"{path}: no problems in the file")
+
+    def reset(self, seed):
+        self._begin(seed)
+        self.problem = self.rng.choice(self.problems)
+        return self._observation()
+
+    def legal_actions(self):
+        raise NotImplementedError("math_jsonl: answers are free text")
+
+    def random_action(self, rng):
+        return str(rng.randint(0, 100))
+
+    def render(self):
+        return self.problem["question"]
+
+    def _observation(self):
+        return _math_prompt(self.render(), self.compact)
+
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        extra = {"target": str(self.problem["answer"])}
+        if error:
+            return self._invalid(error, answer, **extra)
+        right = check_answer(answer, self.problem["answer"])
+        obs = self._final_text(f"The answer is {self.problem['answer']}.")
+        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
+                            "success" if right else "failure", answer, **extra)
+
+
+# -----------------------------------------------------------------------------
+# 7. An LLM opponent over HTTP (GIFT App. A.2-A.3: Qwen3-14B behind vLLM's OpenAI API)
+#
+# Any OpenAI-compatible server works (vLLM, llama.cpp, ...). Standard library only. As in GIFT's
+# code: a timeout per call, retries with exponential backoff, and "" after the last failure, which
+# the env counts as a failed opponent try (outcome "opponent_error" once the tries are spent).
+class OpenAIChatOpponent:
+    """opponent(prompt) -> reply text, or "" if the server never answered (see .last_error)."""
+
+    def __init__(self, base_url, model, timeout=10.0, retries=3, temperature=0.5, max_tokens=200,
+                 backoff_s=OPPONENT_BACKOFF_S):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.timeout, self.retries = model, float(timeout), max(1, int(retries))
+        self.temperature, self.max_tokens, self.backoff_s = temperature, max_tokens, backoff_s
+        self.last_error = None
+
+    def __call__(self, prompt):
+        # No system prompt and one user message, as GIFT calls its opponents.
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        for attempt in range(self.retries):                   # `retries` = attempts in all
+            request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                    return json.loads(reply.read())["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                self.last_error = f"HTTP {e.code} from {self.url}"
+                if e.code < 500:
+                    return ""                                 # our request is wrong: retrying will not help
+            except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                self.last_error = f"malformed reply from {self.url}: {e!r}"
+            if attempt + 1 < self.retries:                     # a busy server gets time to recover
+                time.sleep(self.backoff_s * 2 ** attempt)
+        return ""
+
+
+# -----------------------------------------------------------------------------
+# 8. make_env: one entry point for every script
+ENV_CLASSES = {"matrix": MatrixEnv, "tictactoe": TicTacToeEnv, "spy": SpyEnv,
+               "arith": ArithEnv, "math_jsonl": MathJsonlEnv}
+ENV_NAMES = tuple(ENV_CLASSES)
+
+
+# A typo such as make_env("tictactoe", oponent="minimax") must not silently play the default opponent,
+# so every option is checked against the class signature before anything is built.
+def make_env(name, **options):
+    """make_env("tictactoe", opponent="minimax", compact=True). Unknown names and options fail loudly."""
+    if name not in ENV_CLASSES:
+        raise ValueError(f"unknown env {name!r}; valid names: {', '.join(ENV_NAMES)}")
+    allowed = list(inspect.signature(ENV_CLASSES[name]).parameters)
+    for key in options:
+        if key not in allowed:
+            raise TypeError(f"make_env({name!r}): unknown option {key!r}; options are: {', '.join(allowed)}")
+    return ENV_CLASSES[name](**options)
+
+
+# -----------------------------------------------------------------------------
+# 9. Command line: a demo, and playing by hand
+# The demo's learner is a random legal bot (the warm-start policy); in arith it "answers" with the
+# worked solution, which shows that a whole solution text is a valid reply: its last line is the answer.
+def _demo():
+    rng = random.Random(0)
+    for name, options in (("matrix", {}), ("tictactoe", {"opponent": "minimax"}), ("spy", {}), ("arith", {})):
+        env = make_env(name, **options)
+        obs, done, total = env.reset(seed=1), False, 0.0
+        print(f"\n{'=' * 30} {name} {options or ''} (compact view below) {'=' * 30}")
+        print(make_env(name, compact=True, **options).reset(seed=1))
+        while not done:
+            print("\n--- observation ---\n" + obs)
+            # The learner here is a random bot, except in arith where the worked solution answers.
+            response = env.problem["solution"] if name == "arith" else \
+                format_answer(env.random_action(rng), think="a random legal move")
+            obs, reward, done, info = env.step(response)
+            total += reward
+            print(f"--- answer --- {response!r}\n    reward {reward:+.1f}  outcome {info['outcome']}")
+        print("--- final ---\n" + obs + f"\nreturn {total:+.1f}")
+
+
+def _play(game, seed, opponent, compact):
+    options = {"compact": compact}
+    if game == "tictactoe":
+        options["opponent"] = opponent
+    env = make_env(game, **options)
+    obs, done, total = env.reset(seed), False, 0.0
+    while not done:
+        print("\n" + obs)
+        try:
+            typed = input("\nyour answer> ")
+        except EOFError:
+            print()
+            return
+        # A person types "2,3"; a model would write the tags, so we add them.
+        response = typed if "<answer>" in typed.lower() else format_answer(typed.strip())
+        obs, reward, done, info = env.step(response)
+        total += reward
+        print(f"[reward {reward:+.1f}, outcome {info['outcome']}]")
+    print("\n" + obs + f"\nYour return: {total:+.1f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="The GIFT games as text environments.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python games.py demo\n  python games.py play tictactoe --opponent random --seed 3\n"
+               "  python games.py play spy --compact\n\nIn play, type just the answer (2,3 or Player 2 or 12);"
+               " the <answer> tags are added for you.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="print one bot-vs-bot episode of each game, with rewards")
+    play = commands.add_parser("play", help="play a game yourself in the terminal")
+    play.add_argument("game", choices=("tictactoe", "spy", "matrix", "arith"), help="which game to play")
+    play.add_argument("--seed", type=int, default=0, help="episode seed; the same seed gives the same start")
+    play.add_argument("--opponent", choices=("random", "minimax"), default="minimax",
+                      help="tictactoe only: the opponent's policy (default minimax, which never loses)")
+    play.add_argument("--compact", action="store_true", help="show the short observation a tiny model sees")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        _demo()
+    else:
+        _play(args.game, args.seed, args.opponent, args.compact)
+
+
+if __name__ == "__main__":
+    main()
