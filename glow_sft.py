@@ -76,7 +76,7 @@ warmup_ratio = 0.1           # share of steps with linear warmup, then cosine to
 weight_decay = 0.0           # AdamW weight decay; official: HF default 0
 grad_clip = 1.0              # max global grad norm; official: HF default 1.0
 max_length = 256             # tokens per trajectory (prompt + response + EOS); official cutoff_len 32000
-max_new_tokens = 96          # generation budget at evaluation; our OOD solutions need ~80 characters
+max_new_tokens = 128         # generation budget at evaluation; our OOD solutions need up to ~100 tokens
 eval_batch_size = 256        # prompts per generate call at evaluation
 seed = 0                     # torch, numpy, python, data order and the scratch model's init
 out_dir = "runs/glow"        # log.jsonl, args.json, eval.json, checkpoint/
@@ -85,7 +85,8 @@ out_dir = "runs/glow"        # log.jsonl, args.json, eval.json, checkpoint/
 n_train = 1000               # training questions; each gives one positive and one negative trajectory
 n_test = 200                 # questions in each test file
 arith_steps = 2              # operations per in-domain problem (OOD gets games' +2, near-OOD +1)
-arith_max_operand = 20       # numbers up to this in-domain (OOD starts above it, up to 5x)
+arith_max_operand = 9        # numbers up to this in-domain (OOD starts above it, up to 5x); games' default is 20,
+                             # but with 9 a scratch model gets ~50% in-domain in 600 steps instead of ~20%
 
 # distill: the paper's data pipeline (teacher samples, answer checker labels)
 distill_k = 4                # samples per question
@@ -258,10 +259,13 @@ def make_data(out, n_train_=n_train, n_test_=n_test, seed_=seed, steps=arith_ste
             out_rows.append(p)
         return out_rows
 
-    train = draw(random.Random(f"glow-train-{seed_}"), "train", steps, "train", n_train_)
+    # The tests are drawn FIRST: with small numbers the training set takes most of the distinct problems,
+    # and the leftovers (the rare ones) would make a biased test set. Drawn first, test_id is an honest
+    # sample of the generator, and training simply never gets those problems.
     tests = {"test_id": draw(random.Random(f"glow-id-{seed_}"), "train", steps, "test_id", n_test_),
              "test_near": draw(random.Random(f"glow-near-{seed_}"), "train", steps + 1, "test_near", n_test_),
              "test_ood": draw(random.Random(f"glow-ood-{seed_}"), "ood", steps, "test_ood", n_test_)}
+    train = draw(random.Random(f"glow-train-{seed_}"), "train", steps, "train", n_train_)
     rows, questions = [], []
     for i, p in enumerate(train):
         prompt = _prompt_text(p, wording)
@@ -333,12 +337,13 @@ def collate(examples, pad_id):
 # mean for every condition (pos, neg, all, GLOW) so that only the data and the weights differ.
 def per_sample_loss(model, batch):
     """batch: input_ids, attention_mask, labels (B, T). Returns l: (B,), with gradient."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()                                               # (B, T-1, V)
-    targets = batch["labels"][:, 1:]                                              # (B, T-1)
-    per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                ignore_index=IGNORE, reduction="none").view(targets.shape)  # (B, T-1), 0 where ignored
-    mask = (targets != IGNORE).to(per_token.dtype)                                # (B, T-1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # (B, T, V)
+    # Shift the LABELS left instead of slicing the logits: same pairs (logits_t-1, y_t), but no copy of the
+    # (B, T, V) logits -- that tensor is the biggest one in memory for a 150k-token vocabulary.
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)               # (B, T): targets_t = y_t+1
+    per_token = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                ignore_index=IGNORE, reduction="none").view(targets.shape)  # (B, T), 0 where ignored
+    mask = (targets != IGNORE).to(per_token.dtype)                                # (B, T)
     return (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)                   # (B,)
 
 
@@ -470,9 +475,16 @@ def cosine_with_warmup(optimizer, total_steps, warmup_steps):
 # seeded by (seed, e), so a run stopped mid-epoch skips the batches it already did and goes on with
 # the very same batches, weights and history as a run that was never stopped.
 def save_checkpoint(out, model, tokenizer, optimizer, scheduler, state):
+    from transformers.utils import logging as hf_logging
+
     tmp, final = os.path.join(out, "checkpoint.tmp"), os.path.join(out, "checkpoint")
+    # save_pretrained draws a progress bar per save; one per epoch would bury our own bar.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if bars_were_on:
+        hf_logging.enable_progress_bar()
     torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
@@ -592,8 +604,10 @@ def evaluate_accuracy(model, tokenizer, questions, max_new_tokens_=max_new_token
                       generations=None, with_entropy=True):
     """Greedy accuracy on question dicts (prompt|messages + answer). Returns accuracy, entropy, lengths, samples."""
     gens = generations or generate(model, tokenizer, questions, max_new_tokens_, 0.0, batch_size=batch_size)
+    # skip_special_tokens drops the EOS and pads; <answer> tags are ordinary tokens and survive.
     texts = [tokenizer.decode(new, skip_special_tokens=True) for _, new in gens]
     right = [games.check_answer(t, q["answer"]) for t, q in zip(texts, questions)]
+    # "unfinished": answers that ran out of max_new_tokens; a high rate means the budget is too small.
     stopped = [bool(new) and new[-1] == tokenizer.eos_token_id for _, new in gens]
     result = {"accuracy": sum(right) / len(right), "n": len(right),
               "mean_new_tokens": sum(len(new) for _, new in gens) / len(gens),
@@ -644,13 +658,17 @@ def train(cfg, on_step=None):
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
 
+    # The whole file is read and checked before any training, so a bad line never costs a half-run.
     data = select(read_trajectories(cfg["train"], cfg.get("skip_bad_lines", False)), cfg["data"])
     if not data:
         raise DataError(f"{cfg['train']}: no trajectories left after --data {cfg['data']}")
+    # Tokenise once: every epoch reuses the same ids (the tokenizer is the slow part of a tiny-model step).
     encoded = [encode_trajectory(tokenizer, t, cfg["max_length"]) for t in tqdm(data, desc="tokenising", leave=False)]
     cut = sum(len(ids) == cfg["max_length"] for ids, _ in encoded)
     if cut:
         print(f"[data] {cut} of {len(encoded)} trajectories reach --max-length {cfg['max_length']} and were cut at the end")
+    # The last batch of an epoch may be short; we keep it, so every sample is visited once per epoch
+    # (GLOW's gain compares consecutive visits, and a dropped sample would skip one).
     steps_per_epoch = math.ceil(len(data) / cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["epochs"]
 
@@ -686,6 +704,7 @@ def train(cfg, on_step=None):
     try:
         for epoch in range(state["epoch"], cfg["epochs"]):
             order = epoch_order(len(data), cfg["seed"], epoch)
+            # A resumed run starts mid-epoch: same order, the batches it already did are skipped.
             for s in range(state["step_in_epoch"], steps_per_epoch):
                 t0 = time.time()
                 rows = order[s * cfg["batch_size"]:(s + 1) * cfg["batch_size"]]
@@ -721,6 +740,8 @@ def train(cfg, on_step=None):
         print(f"\ninterrupted: saved {out}/checkpoint at step {state['global_step']}; continue with "
               f"python glow_sft.py train --resume {out}")
         return summary
+    # "Final train loss" is the unweighted loss of the last epoch's training forward passes: under GLOW
+    # the weighted loss is mostly 0.5 x this, which says nothing about how well the data is fitted.
     summary["final_train_loss"] = final_train_loss(log_path)
     evals = {}
     for key in ("test_id", "test_near", "test_ood"):
@@ -738,26 +759,30 @@ def train(cfg, on_step=None):
 # 11. The experiment: pos / neg / all / all+GLOW, a fresh tiny model per run, 3 seeds
 #
 # Every run trains the same randomly initialised architecture (init seed = run seed) on the same data
-# for the same number of EPOCHS -- as the paper compares conditions -- so "all" takes twice the
-# optimiser steps of "pos" or "neg". Then greedy accuracy on test_id / test_near / test_ood and the
-# generation entropy on test_ood (section 9).
+# for the same number of OPTIMISER STEPS: "all" has twice the trajectories of "pos" or "neg", so it
+# runs half the epochs (pos/neg: 2E epochs over N trajectories, all: E epochs over 2N). A model trained
+# from scratch is starved for compute, and with equal epochs "all" would win simply by taking twice the
+# steps. (The paper fine-tunes pretrained models; it does not say how it matched its conditions.)
+# Then greedy accuracy on test_id / test_near / test_ood and the generation entropy on test_ood.
 # The paper's claims to compare with (glow.md section 4): negatives and GLOW improve OOD accuracy
 # (+5.51% for GLOW vs positive-only, Qwen2.5-7B) and negatives raise the policy entropy by 35.67%.
-EXPERIMENT = {"full": dict(n_train=2000, epochs=8, batch_size=32, n_test=200),
-              "quick": dict(n_train=600, epochs=6, batch_size=32, n_test=100)}
+# epochs = the epochs of "all"; pos and neg run twice as many (same number of steps).
+EXPERIMENT = {"full": dict(n_train=2000, max_operand=arith_max_operand, epochs=5, batch_size=32, n_test=200),
+              "quick": dict(n_train=500, max_operand=arith_max_operand, epochs=4, batch_size=32, n_test=100)}
 
 
 def experiment(cfg):
     size = EXPERIMENT["quick" if cfg["quick"] else "full"]
     root = os.path.join(cfg["out_dir"], "experiment")
-    files = make_data(os.path.join(root, "data"), size["n_train"], size["n_test"], 0)
+    files = make_data(os.path.join(root, "data"), size["n_train"], size["n_test"], 0, max_operand=size["max_operand"])
     print(f"data: {root}/data ({size['n_train']} questions -> {2 * size['n_train']} trajectories)")
     t_start = time.time()
     results = {}
     runs = [(c, s) for s in cfg["seeds"] for c in CONDITIONS]
+    # Seeds outside, conditions inside: if you stop early, the finished seeds have every condition.
     for (name, mode, weighting_), s in tqdm(runs, desc="experiment runs"):
         run_cfg = dict(cfg, model="scratch", data=mode, weighting=weighting_, seed=s, train=files["train"],
-                       epochs=size["epochs"], batch_size=size["batch_size"],
+                       epochs=size["epochs"] * (1 if mode == "all" else 2), batch_size=size["batch_size"],
                        micro_batch_size=min(cfg["micro_batch_size"], size["batch_size"]),
                        test_id=files["test_id"], test_near=files["test_near"], test_ood=files["test_ood"],
                        out_dir=os.path.join(root, f"{name}_s{s}"), resume=None, quiet=True)
@@ -787,6 +812,7 @@ def _mean_std(values, scale=1.0):
 
 
 def results_table(results):
+    """One markdown row per condition: mean ± std over seeds (sample std, n-1)."""
     cols = (("in-domain acc %", "id_acc", 100), ("near-OOD acc %", "near_acc", 100), ("OOD acc %", "ood_acc", 100),
             ("OOD entropy", "ood_entropy", 1), ("final train loss", "final_train_loss", 1))
     lines = ["| condition | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -815,7 +841,9 @@ def distill(teacher, questions_path, k, out, temperature=distill_temperature, to
     model, tokenizer = load_model(teacher, device, dtype)
     model.eval()
     questions = read_questions(questions_path)
-    repeated = [q for q in questions for _ in range(k)]                     # k copies, adjacent
+    # k copies of each prompt, adjacent, in ONE list: generate_batch pads and samples them all together,
+    # and with temperature > 0 each copy draws its own answer.
+    repeated = [q for q in questions for _ in range(k)]
     gens = generate(model, tokenizer, repeated, max_new, temperature, top_p, batch_size)
     rows, dropped = [], 0
     for j, (q, (_, new)) in enumerate(zip(repeated, gens)):
@@ -823,6 +851,7 @@ def distill(teacher, questions_path, k, out, temperature=distill_temperature, to
         if truncated and drop_truncated:
             dropped += 1
             continue
+        # The stored response is text without the EOS: training appends the EOS itself (section 3).
         text = tokenizer.decode(new, skip_special_tokens=True)
         chat = {"messages": q["messages"]} if "messages" in q else {"prompt": q["prompt"]}
         rows.append({"id": f"{q['id']}-s{j % k}", **chat, "response": text,
@@ -866,7 +895,11 @@ def defaults():
     return {"model": model_name, "data": data_mode, **{k: g[k] for k in HELP if k in g},
             "weighting": weighting, "glow_offset": glow_offset, "device": "cpu", "dtype": "float32",
             "gradient_checkpointing": False, "train": None, "test_id": None, "test_near": None, "test_ood": None,
-            "skip_bad_lines": False, "resume": None, "quick": False, "seeds": [0, 1, 2]}
+            "skip_bad_lines": False, "resume": None, "quick": False, "seeds": [0, 1, 2], "threads": 0}
+
+
+THREADS_HELP = ("torch CPU threads; 0 = torch's default (all cores). On a machine shared with other jobs, "
+                "1 is often faster: threads that wait for a busy core stall every step (default: 0)")
 
 
 def add_train_flags(p):
@@ -882,6 +915,7 @@ def add_train_flags(p):
                    help="weights dtype; bfloat16 halves memory for real models on a GPU (default: float32)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in backward: less memory, ~30%% more time (real models)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--skip-bad-lines", action="store_true", default=None,
                    help="skip malformed input lines (and print how many) instead of stopping at the first")
 
@@ -940,12 +974,14 @@ def parse_args(argv=None):
     x.add_argument("--out-dir", "--out", dest="out_dir", default=None, help=f"results go to OUT/experiment (default {out_dir})")
     x.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {lr})")
     x.add_argument("--device", default=None, help="cpu | cuda ...")
+    x.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     t0 = time.time()
     try:
         if args.command == "make-data":

@@ -191,6 +191,14 @@ def test_skip_bad_lines_counts_what_it_skipped(tmp_path, capsys):
     assert "skipped 1 bad line" in capsys.readouterr().out
 
 
+def test_the_example_file_in_the_repository_is_valid():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "glow_example.jsonl")
+    rows = glow_sft.read_trajectories(path)
+    assert {"prompt", "messages"} <= {k for r in rows for k in r}
+    for r in rows:
+        assert games.check_answer(r["response"], r["answer"]) == r["correct"]
+
+
 def test_question_files_need_an_answer(tmp_path):
     path = write_lines(tmp_path / "q.jsonl", ['{"prompt": "1+1=?", "answer": 2}', '{"prompt": "2+2=?"}'])
     with pytest.raises(glow_sft.DataError, match=r"q\.jsonl:2: field 'answer'"):
