@@ -9,7 +9,7 @@ What it measures:
   benchmarks  multiple-choice and free-answer questions from local JSONL files (nothing can be downloaded
               here; the README shows how to export MMLU, MMLU-Pro, SocialIQA and MATH-500 elsewhere).
               Per-subject and micro-averaged accuracy; with --samples k also pass@k and maj@k (GLOW 6.6).
-  entropy     mean token entropy of the model's own generations (GLOW section 5), --entropy.
+  entropy     mean token entropy of the model's own replies (GLOW section 5; glow_sft.py's measure), --entropy.
   plot        training curves from our log.jsonl files: `python evaluate.py plot runs/x/log.jsonl --out DIR`.
 
 What we simplified vs the papers (and why), one line each:
@@ -26,10 +26,11 @@ What we simplified vs the papers (and why), one line each:
   - The "avg" column is the mean of every column in the table. GIFT's Avg covers MMLU, MMLU-Pro, CommonGen
     and SocialIQA only: pass exactly those files with --bench (and no --games) to get its definition.
 
-Run:  python evaluate.py --model tiny --games matrix,tictactoe,spy --n 100     # ~1 min on 2 CPU cores
-      python evaluate.py --model tiny --games none --bench data/bench_mc_demo.jsonl,data/bench_math_demo.jsonl
-      python evaluate.py --compare tiny runs/grpo/checkpoint --n 100 --entropy --json out/compare.json
-      python evaluate.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --dtype bfloat16 \\
+Run:  python evaluate.py              # tiny: matrix, tictactoe, spy x 100 games + both demo files, ~40 s on 2 cores
+      python evaluate.py --model runs/grpo/checkpoint --games none --bench data/bench_mc_demo.jsonl
+      python evaluate.py --compare tiny runs/grpo/checkpoint --games matrix,tictactoe,nested:matrix+tictactoe \\
+          --entropy --json out/compare.json        # one row per model; nested games cost ~5x a plain game
+      python evaluate.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --dtype bfloat16 --games none \\
           --bench mmlu.jsonl,mmlu_pro.jsonl,siqa.jsonl,math500.jsonl --samples 8 --temperature 0.6
       python evaluate.py plot runs/grpo/log.jsonl runs/nested/log.jsonl --out out/curves
 """
@@ -43,7 +44,6 @@ import os
 import re
 import sys
 import time
-import types
 import unicodedata
 
 import torch
@@ -57,7 +57,7 @@ import grpo
 GAMES = "matrix,tictactoe,spy"   # games to play; GIFT evaluates these three (gift.md 4.1)
 BENCH = "data/bench_mc_demo.jsonl,data/bench_math_demo.jsonl"   # our own small demo files
 N_GAMES = 100                    # episodes per game; GIFT plays 100 (gift.md 4.1)
-EVAL_SEED_BASE = 10_000          # episode i uses seed EVAL_SEED_BASE + i, as grpo.play_games and nested.py; never trained on
+EVAL_SEED_BASE = 10_000          # episode i uses seed 10_000 + i, as grpo.play_games and nested.py (never trained on)
 OPPONENT = "random"              # TicTacToe opponent; Spy uses its clue bots unless this is a model
 SAMPLE_TEMPERATURE = 0.6         # temperature when --samples > 1 and none is given (GLOW's eval, glow.md 6.1)
 MAX_NEW_TINY = 24                # tokens per answer for the tiny model: "<answer>(2,3)</answer>" is 8
@@ -65,8 +65,7 @@ MAX_NEW_REAL = 600               # tokens per answer for real models; GIFT's max
 SYSTEM_PROMPT = "You are a helpful assistant."   # real models only; GIFT's system prompt, reworded
 BATCH_SIZE = 32                  # prompts per generate call
 ENTROPY_PROMPTS = 64             # prompts per task for --entropy (first turns of the first games / questions)
-ENTROPY_TEMPERATURE = 1.0        # entropy of the raw distribution, p = softmax(logits / 1)
-ENTROPY_MICRO_BATCH = 4          # rows per entropy forward: full-vocabulary fp32 logits of Qwen2.5 are 0.6 GB per 1k tokens
+ENTROPY_MICRO_BATCH = 4          # rows per entropy forward pass: Qwen2.5's fp32 logits take 0.6 GB per 1k tokens
 Z95 = 1.959963984540054          # the standard normal quantile of 0.975: a two-sided 95% interval
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"   # option labels; MMLU uses A-D, MMLU-Pro A-J
 PLOT_METRICS = ("reward_mean", "*/reward", "rate_success", "*/success", "eval_success",   # the curves `plot`
@@ -221,31 +220,37 @@ def game_report(spec, episodes):
 #     free answer:      {"question": str, "answer": 42 | "3/4" | "x+1", "subject": str (optional)}
 # "answer" of a multiple-choice line is a letter or a 0-based index into choices (MMLU's convention).
 # A file holds one kind; anything malformed stops the run with the file, the line and the field.
+def jsonl_objects(path):
+    """(line number, dict) for every non-blank line; a line that is not a JSON object stops with file:line."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
 def load_bench(path, limit=None):
     """{"name", "path", "kind": "mc" | "free", "items": [...]}; items carry the gold letter or answer."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     items, kind = [], None
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            line_kind = "mc" if "choices" in row else "free"
-            if kind is None:
-                kind, first = line_kind, number
-            elif line_kind != kind:
-                raise ValueError(f"{where}: this line is {'multiple choice' if line_kind == 'mc' else 'free answer'} "
-                                 f"but line {first} is not; put each kind in its own file")
-            items.append(check_item(row, kind, where) | {"line": number})
-            if limit and len(items) >= limit:
-                break
+    for number, row in jsonl_objects(path):
+        where = f"{path}:{number}"
+        line_kind = "mc" if "choices" in row else "free"
+        if kind is None:
+            kind, first = line_kind, number
+        elif line_kind != kind:
+            raise ValueError(f"{where}: this line is {'multiple choice' if line_kind == 'mc' else 'free answer'} "
+                             f"but line {first} is not; put each kind in its own file")
+        items.append(check_item(row, kind, where) | {"line": number})
+        if limit and len(items) >= limit:
+            break
     if not items:
         raise ValueError(f"{path}: no questions in the file")
     name = os.path.splitext(os.path.basename(path))[0]
@@ -489,49 +494,36 @@ def model_generate_fn(model, tokenizer, temperature, top_p, max_new, system_prom
 # -----------------------------------------------------------------------------
 # 8. Entropy of the model's own generations (GLOW section 5; glow.md names the formula, not the details)
 #
-#     H_t = - sum_v p(v | x, y_<t) log p(v | x, y_<t),      p = softmax(logits / 1)
-#     entropy = sum over prompts and generated tokens of H_t  /  number of generated tokens
+#     H_t = - sum_v p(v | x, y_<t) log p(v | x, y_<t),      p = softmax(logits), temperature 1
+#     entropy of a task = sum over prompts and generated tokens of H_t / number of generated tokens
 #
-# Our choices, since the paper does not give them: the model samples its own reply at T = 1 (top-p 1, no
-# top-k) to each prompt; H_t is the entropy of the full distribution it drew token t from; the average is
-# per token, pooled over all replies (long replies weigh more), and includes the stop token, which is also
-# the model's choice. The prompts are the first turns of the first ENTROPY_PROMPTS evaluation games and
-# the first ENTROPY_PROMPTS questions of each benchmark. Greedy answers are not used: their entropy would
-# describe a distribution nobody sampled from.
+# The paper does not say how it measures this, so we use glow_sft.py's definition, and its code, so the
+# two scripts report the same number for the same model: the model writes its own reply to each prompt
+# with the evaluation's decoding (greedy by default: no sampling noise); H_t is the entropy of the full
+# T = 1 distribution at every generated token, the stop token included (stopping is a choice too); the
+# mean is per token, so long replies weigh more. The prompts are the first turns of the first
+# --entropy-prompts evaluation games and the first --entropy-prompts questions of each benchmark.
+# "all" in the table is the mean of the tasks' entropies.
 @torch.no_grad()
-def generation_entropy(model, tokenizer, prompts, max_new, batch_size=BATCH_SIZE):
-    """prompts: lists of token ids. Returns (sum of H_t, number of generated tokens)."""
-    config = grpo.generation_config(tokenizer, model, ENTROPY_TEMPERATURE, 1.0, max_new)
+def generation_entropy(model, tokenizer, prompts, max_new, temperature=0.0, batch_size=BATCH_SIZE):
+    """prompts: lists of token ids. Returns the mean T=1 entropy (nats) over the generated tokens."""
+    import glow_sft                     # here, not at the top: only --entropy needs it
+
+    config = grpo.generation_config(tokenizer, model, temperature, 1.0, max_new)
     stops = set(config.eos_token_id)
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        news = [cut_at_stop(new, stops) for new in grpo.generate_batch(model, tokenizer, chunk, config, batch_size)]
-        # Reuse grpo.pad_batch: it pads on the right and carries a mask that is 1 on sampled tokens.
-        rows = [types.SimpleNamespace(ids=p + new, mask=[0] * len(p) + [1] * len(new)) for p, new in zip(chunk, news)]
-        ids, attn, mask = grpo.pad_batch(rows, tokenizer.pad_token_id)            # (B, T)
-        for sl in grpo.micro_slices(len(rows), ENTROPY_MICRO_BATCH):
-            _, entropy = grpo.token_logps_and_entropy(model, ids[sl].to(device), attn[sl].to(device),
-                                                      ENTROPY_TEMPERATURE)         # (b, T-1), predicts ids[:, 1:]
-            target = mask[sl, 1:].to(device)
-            total += float((entropy * target).sum())
-            count += int(target.sum())
-    return total, count
+    news = grpo.generate_batch(model, tokenizer, prompts, config, batch_size)
+    pairs = [(p, cut_at_stop(new, stops)) for p, new in zip(prompts, news)]
+    return glow_sft.entropy_of_generations(model, tokenizer, pairs, batch_size=ENTROPY_MICRO_BATCH)
 
 
-def task_entropy(model, tokenizer, spec, opponent, system_prompt, max_new, n, batch_size):
+def game_prompts(tokenizer, spec, opponent, system_prompt, n):
     envs = make_task_envs(spec, tokenizer, opponent, n)
-    prompts = [grpo.start_episode(tokenizer, env, EVAL_SEED_BASE + i, i, system_prompt).ids
-               for i, env in enumerate(envs)]
-    return generation_entropy(model, tokenizer, prompts, max_new, batch_size)
+    return [grpo.start_episode(tokenizer, env, EVAL_SEED_BASE + i, i, system_prompt).ids for i, env in enumerate(envs)]
 
 
-def bench_entropy(model, tokenizer, bench, system_prompt, max_new, n, batch_size):
+def bench_prompts(tokenizer, bench, system_prompt, n):
     compact = grpo.is_tiny(tokenizer)
-    prompts = [prompt_ids(tokenizer, bench_prompt(item, compact), system_prompt) for item in bench["items"][:n]]
-    return generation_entropy(model, tokenizer, prompts, max_new, batch_size)
+    return [prompt_ids(tokenizer, bench_prompt(item, compact), system_prompt) for item in bench["items"][:n]]
 
 
 # -----------------------------------------------------------------------------
@@ -560,24 +552,24 @@ def evaluate_model(name, args, benches):
         print(f"  {bench['name']:<24} {format_bench(result['bench'][bench['name']])}")
     if args.entropy:
         torch.manual_seed(args.seed)
-        common = (system_prompt, max_new, args.entropy_prompts, args.batch_size)
-        sums = {spec: task_entropy(model, tokenizer, spec, opponent, *common)
-                for spec in tqdm(args.games, desc="entropy (games)", leave=False)}
-        sums |= {b["name"]: bench_entropy(model, tokenizer, b, *common)
-                 for b in tqdm(benches, desc="entropy (benchmarks)", leave=False)}
-        result["entropy"] = {task: s / max(1, c) for task, (s, c) in sums.items()}
-        result["entropy"]["all"] = sum(s for s, _ in sums.values()) / max(1, sum(c for _, c in sums.values()))
+        prompts = {spec: game_prompts(tokenizer, spec, opponent, system_prompt, args.entropy_prompts)
+                   for spec in args.games}
+        prompts |= {b["name"]: bench_prompts(tokenizer, b, system_prompt, args.entropy_prompts) for b in benches}
+        result["entropy"] = {task: generation_entropy(model, tokenizer, p, max_new, args.temperature, args.batch_size)
+                             for task, p in tqdm(prompts.items(), desc="entropy", leave=False)}
+        result["entropy"]["all"] = sum(result["entropy"].values()) / len(result["entropy"])
         print(f"  {'entropy (nats/token)':<24} " + "  ".join(f"{k} {v:.3f}" for k, v in result["entropy"].items()))
     result["seconds"] = time.time() - t0
     return result
 
 
 def format_game(report):
-    parts = [f"{k} {100 * v['rate']:.1f}% [{100 * v['low']:.1f}, {100 * v['high']:.1f}]"
-             for k, v in report["outcomes"].items()]
-    if "joint_success" in report:
-        parts = [f"{k} {100 * v['rate']:.1f}%" for k, v in report["sub_success"].items()] + \
-                [f"joint {100 * report['joint_success']['rate']:.1f}%"] + parts
+    """success [95% interval], then every outcome, then the invalid-answer rate, on one line."""
+    def rate(name, v):
+        return f"{name} {100 * v['rate']:.1f}% [{100 * v['low']:.1f}, {100 * v['high']:.1f}]"
+    parts = [rate("joint success" if "joint_success" in report else "success", report["success"])]
+    parts += [rate(k, v) for k, v in report.get("sub_success", {}).items()]
+    parts += [f"{k} {100 * v['rate']:.1f}%" for k, v in report["outcomes"].items()]
     inv = report["invalid"]
     return "  ".join(parts + [f"invalid {100 * inv['rate']:.1f}% of {inv['n']} turns"])
 
@@ -632,18 +624,10 @@ def markdown_table(columns, rows):
 def read_log(path):
     """[{"step": int, metric: float, ...}] in file order; bad lines stop with file and line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
-                raise ValueError(f"{path}:{number}: expected an object with a numeric 'step'")
-            records.append({k: v for k, v in row.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for number, row in jsonl_objects(path):
+        if not isinstance(row.get("step"), (int, float)):
+            raise ValueError(f"{path}:{number}: no numeric 'step' in this line")
+        records.append({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if not records:
         raise ValueError(f"{path}: no log lines")
     return records
@@ -753,7 +737,8 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens per reply (default: {MAX_NEW_TINY} for tiny, {MAX_NEW_REAL} for real models)")
     p.add_argument("--entropy", action="store_true",
-                   help="also measure the mean token entropy of the model's own samples at T=1 (GLOW section 5)")
+                   help="also measure the mean token entropy (T=1 distribution) over the model's own replies "
+                        "(GLOW section 5; the definition of glow_sft.py)")
     p.add_argument("--entropy-prompts", type=int, default=ENTROPY_PROMPTS,
                    help=f"prompts per task for --entropy (default: {ENTROPY_PROMPTS})")
     p.add_argument("--system-prompt", default=SYSTEM_PROMPT,
@@ -827,8 +812,12 @@ def main(argv=None):
         print(f"== {name}")
         results.append(evaluate_model(name, args, benches))
     columns, rows = results_table(results)
-    setup = ([f"{args.n} games per game ({decoding(args.game_temperature)}, opponent {args.opponent})"] * bool(args.games)
-             + [f"{args.samples} replies per question ({decoding(args.temperature)})"] * bool(benches))
+    setup = []
+    if args.games:
+        setup.append(f"{args.n} games per game ({decoding(args.game_temperature)}, opponent {args.opponent})")
+    if benches:
+        setup.append(f"{args.samples} repl{'y' if args.samples == 1 else 'ies'} per question "
+                     f"({decoding(args.temperature)})")
     print(f"\nsuccess / accuracy in %; {'; '.join(setup)}; {time.time() - t0:.0f} s\n")
     print(markdown_table(columns, rows))
     if args.json:

@@ -179,7 +179,8 @@ def answering(bench, reply):
 @pytest.mark.parametrize("file", ["bench_mc_demo.jsonl", "bench_math_demo.jsonl"])
 def test_gold_answerer_scores_100_and_silent_model_0(file):
     bench = evaluate.load_bench(os.path.join(DATA, file))
-    perfect, _ = evaluate.score_bench(bench, answering(bench, lambda it: f"<think>easy</think><answer>{it['gold']}</answer>"))
+    gold = answering(bench, lambda it: f"<think>easy</think><answer>{it['gold']}</answer>")
+    perfect, _ = evaluate.score_bench(bench, gold)
     assert perfect["accuracy"] == 1.0 and perfect["unanswered"] == 0.0
     assert all(s["accuracy"] == 1.0 for s in perfect["subjects"].values())
     assert sum(s["n"] for s in perfect["subjects"].values()) == 30
@@ -294,14 +295,19 @@ def test_task_names():
             evaluate.parse_task(bad)
 
 
-def test_entropy_counts_only_generated_tokens(random_tiny):
+def test_entropy_is_the_mean_over_generated_tokens_only(random_tiny):
     _, model, tok = random_tiny
-    prompts = [evaluate.prompt_ids(tok, q, None) for q in ("What is 2+2?", "Pick A or B.")]
-    torch.manual_seed(0)
-    total, count = evaluate.generation_entropy(model, tok, prompts, max_new=5)
-    assert 0 < count <= 2 * 5
-    # an untrained model is close to uniform: the mean entropy is just under log(vocabulary)
-    assert 0.9 * math.log(len(tok)) < total / count <= math.log(len(tok)) + 1e-6
+    prompt = evaluate.prompt_ids(tok, "What is 2+2?", None)
+    mean = evaluate.generation_entropy(model, tok, [prompt], max_new=5)
+    # By hand: greedy reply, then H_t = -sum p log p of the T=1 distribution that chose each reply token.
+    config = grpo.generation_config(tok, model, 0.0, 1.0, 5)
+    new = evaluate.cut_at_stop(grpo.generate_batch(model, tok, [prompt], config)[0], set(config.eos_token_id))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + new])).logits[0]
+    logp = torch.log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + len(new)], -1)   # rows predicting the reply
+    assert mean == pytest.approx(float(-(logp.exp() * logp).sum(-1).mean()), rel=1e-4)
+    # an untrained model is close to uniform: just under log(vocabulary)
+    assert 0.9 * math.log(len(tok)) < mean <= math.log(len(tok)) + 1e-6
 
 
 # -----------------------------------------------------------------------------
