@@ -182,14 +182,14 @@ def load_policy(name_or_path, device="cpu", dtype=None):
     return model.to(device), tokenizer
 
 
-def ensure_tiny(path, steps=WARM_STEPS, seed=0):
+def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
     """Build + warm-start the tiny model into `path` unless it is already there; returns the path."""
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed)
     print(f"[tiny] building the warm-started tiny model in {path} (once; about a minute) ...")
-    warm_start(model, tokenizer, WARM_GAMES, steps=steps, seed=seed)
+    warm_start(model, tokenizer, game_names, steps=steps, seed=seed)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -672,7 +672,7 @@ def warm_start(model, tokenizer, game_names, steps=WARM_STEPS, batch=WARM_BATCH,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 # -----------------------------------------------------------------------------
