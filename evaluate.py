@@ -26,7 +26,7 @@ What we simplified vs the papers (and why), one line each:
   - The "avg" column is the mean of every column in the table. GIFT's Avg covers MMLU, MMLU-Pro, CommonGen
     and SocialIQA only: pass exactly those files with --bench (and no --games) to get its definition.
 
-Run:  python evaluate.py              # tiny: matrix, tictactoe, spy x 100 games + both demo files, ~40 s on 2 cores
+Run:  python evaluate.py              # tiny: matrix, tictactoe, spy x 100 games + both demo files, ~20 s on 2 cores
       python evaluate.py --model runs/grpo/checkpoint --games none --bench data/bench_mc_demo.jsonl
       python evaluate.py --compare tiny runs/grpo/checkpoint --games matrix,tictactoe,nested:matrix+tictactoe \\
           --entropy --json out/compare.json        # one row per model; nested games cost ~5x a plain game
@@ -64,6 +64,7 @@ MAX_NEW_TINY = 24                # tokens per answer for the tiny model: "<answe
 MAX_NEW_REAL = 600               # tokens per answer for real models; GIFT's max_tokens (gift.md 4.1)
 SYSTEM_PROMPT = "You are a helpful assistant."   # real models only; GIFT's system prompt, reworded
 BATCH_SIZE = 32                  # prompts per generate call
+THREADS = 1                      # torch CPU threads: the tiny model's matrices are too small to split (as nested.py)
 ENTROPY_PROMPTS = 64             # prompts per task for --entropy (first turns of the first games / questions)
 ENTROPY_MICRO_BATCH = 4          # rows per entropy forward pass: Qwen2.5's fp32 logits take 0.6 GB per 1k tokens
 Z95 = 1.959963984540054          # the standard normal quantile of 0.975: a two-sided 95% interval
@@ -502,8 +503,8 @@ def model_generate_fn(model, tokenizer, temperature, top_p, max_new, system_prom
 # with the evaluation's decoding (greedy by default: no sampling noise); H_t is the entropy of the full
 # T = 1 distribution at every generated token, the stop token included (stopping is a choice too); the
 # mean is per token, so long replies weigh more. The prompts are the first turns of the first
-# --entropy-prompts evaluation games and the first --entropy-prompts questions of each benchmark.
-# "all" in the table is the mean of the tasks' entropies.
+# --entropy-prompts evaluation games (for a nested setting: its first sub-game's) and the first
+# --entropy-prompts questions of each benchmark. "all" in the table is the mean of the tasks' entropies.
 @torch.no_grad()
 def generation_entropy(model, tokenizer, prompts, max_new, temperature=0.0, batch_size=BATCH_SIZE):
     """prompts: lists of token ids. Returns the mean T=1 entropy (nats) over the generated tokens."""
@@ -552,11 +553,12 @@ def evaluate_model(name, args, benches):
         print(f"  {bench['name']:<24} {format_bench(result['bench'][bench['name']])}")
     if args.entropy:
         torch.manual_seed(args.seed)
-        prompts = {spec: game_prompts(tokenizer, spec, opponent, system_prompt, args.entropy_prompts)
-                   for spec in args.games}
-        prompts |= {b["name"]: bench_prompts(tokenizer, b, system_prompt, args.entropy_prompts) for b in benches}
-        result["entropy"] = {task: generation_entropy(model, tokenizer, p, max_new, args.temperature, args.batch_size)
-                             for task, p in tqdm(prompts.items(), desc="entropy", leave=False)}
+        jobs = {spec: (game_prompts(tokenizer, spec, opponent, system_prompt, args.entropy_prompts),
+                       args.game_temperature) for spec in args.games}
+        jobs |= {b["name"]: (bench_prompts(tokenizer, b, system_prompt, args.entropy_prompts), args.temperature)
+                 for b in benches}
+        result["entropy"] = {task: generation_entropy(model, tokenizer, prompts, max_new, temperature, args.batch_size)
+                             for task, (prompts, temperature) in tqdm(jobs.items(), desc="entropy", leave=False)}
         result["entropy"]["all"] = sum(result["entropy"].values()) / len(result["entropy"])
         print(f"  {'entropy (nats/token)':<24} " + "  ".join(f"{k} {v:.3f}" for k, v in result["entropy"].items()))
     result["seconds"] = time.time() - t0
@@ -746,6 +748,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"benchmark prompts per generate call (default: {BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="torch seed for sampled replies (default: 0)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="torch CPU threads; 0 = torch's default (all cores). 1 suits the tiny model, above all on a "
+                        f"machine shared with other jobs; a real model on CPU wants more (default: {THREADS})")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ... (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights dtype; bfloat16 for real models on a GPU (default: float32)")
@@ -763,6 +768,8 @@ def parse_args(argv=None):
     args.bench = split_list(args.bench)
     if not args.games and not args.bench:
         p.error("nothing to evaluate: give --games and/or --bench")
+    if args.threads < 0:
+        p.error("--threads must be 0 (torch's default) or more")
     for flag in ("n", "samples", "batch_size", "entropy_prompts"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -798,7 +805,8 @@ def main(argv=None):
     if argv[:1] == ["plot"]:
         return plot_main(argv[1:])
     args = parse_args(argv)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         benches = [load_bench(path, args.limit) for path in args.bench]
     except ValueError as e:
