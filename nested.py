@@ -27,7 +27,9 @@ What we simplified or chose (and why), one line each:
   - No marker between sub-tasks by default (GIFT shows none): the next observation simply starts.
   - Warm-up (GIFT App. B.3, unspecified there) is a separate mixed grpo.train run whose checkpoint
     the nested run starts from; the optimiser state starts afresh at the switch.
-  - Evaluation is greedy (grpo.play_games' convention) on seeds 10_000+i; GIFT samples at T = 0.5.
+  - Evaluation samples at T = 0.5 as GIFT does, with a fixed torch seed, on start states 10_000+i.
+    Greedy play (grpo.py's convention) is a poor probe of the tiny model: its most likely TicTacToe
+    move is often illegal, and it repeats it until the turns run out.
 
 Run:  python nested.py                      # I2 = matrix+tictactoe: base, single-*, mixed, nested; 3 seeds
       python nested.py --quick              # the same at a smaller budget (about 5 minutes on 2 cores)
@@ -64,15 +66,21 @@ marker = False               # write "Task k of K: name" above each sub-task's f
 task_grads = True            # per-task gradient norms every step (one extra forward + K backwards)
 threads = 1                  # torch CPU threads: the tiny model's matrices are too small to split, and
                              # on a shared machine extra threads mostly wait for each other
-eval_games = 100             # greedy games per task and joint episodes per model; GIFT evaluates 100
-steps = 40                   # optimiser steps per run; GIFT runs 100-300 (gift.md 3.6)
+eval_games = 100             # games per task and joint episodes per model; GIFT evaluates 100
+eval_temperature = 0.5       # sampling temperature of evaluation, GIFT's 0.5 (gift.md 4.1); 0 = greedy
+steps = 20                   # optimiser steps per run; GIFT runs 100-300 (gift.md 3.6)
 num_groups = 8               # MIXED groups per step (a multiple of K); nested uses num_groups / K
-group_size = 8               # G: episodes per group; GIFT uses 16
+group_size = 6               # G: episodes per group; GIFT uses 16
 filter_ratio = 1.0           # StarPO* top fraction of groups by reward std; GIFT 0.25 (see --help)
 out_dir = "runs/nested"      # <out_dir>/<setting>/<row>/seed<s>/ holds one grpo.train run each
 
+micro_batch_size = group_size  # episodes per forward/backward = one group: grpo trims the padding of each
+                             # micro-batch, and a mixed batch holds 8-token matrix answers beside
+                             # 5-turn games; the gradient does not depend on it
+
 # --quick: the same experiment, smaller (about 5 minutes on 2 cores).
-QUICK = dict(steps=12, num_groups=4, group_size=6, eval_games=40, seeds="0,1,2")
+# Its own folder, so that a later full run does not meet a quick run's folders (run.json would refuse).
+QUICK = dict(steps=8, num_groups=4, group_size=8, eval_games=30, seeds="0,1", out_dir="runs/nested-quick")
 
 # Save a checkpoint this often so an interrupted experiment loses at most this many steps.
 SAVE_EVERY = 10
@@ -409,6 +417,7 @@ def instruments_hook(tasks, with_grads=True):
             # its "kept share" is 1 by construction; token_share below is the informative figure.
             m.update(task_outcomes(episodes, tasks))
             m.update({f"{t}/kept": 1.0 for t in tasks if f"{t}/reward" in m})
+        grads = grads.double() if grads is not None else None           # norms and cosines in float64
         total = grads.sum(0) if grads is not None else None
         for t, name in enumerate(tasks):
             m[f"{name}/entropy"] = float(ent[t] / tok[t]) if tok[t] > 0 else None
@@ -427,21 +436,25 @@ def instruments_hook(tasks, with_grads=True):
 # -----------------------------------------------------------------------------
 # 7. Evaluation: every task alone, and the joint metric on nested episodes
 #
-# Each model plays `n` greedy games of every task separately (grpo.play_games, the evaluation
-# options: TicTacToe from the empty board) and `n` nested episodes of all the tasks; "joint" is the
-# share of nested episodes in which EVERY sub-task succeeded (GIFT's nested success). in_nested/<task>
-# is a task's success when it is played inside the nested episode, after the earlier sub-tasks.
-def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=False, progress=True):
+# Each model plays `n` games of every task separately (grpo.play_games, the evaluation options:
+# TicTacToe from the empty board) and `n` nested episodes of all the tasks; "joint" is the share of
+# nested episodes in which EVERY sub-task succeeded (GIFT's nested success). in_nested/<task> is a
+# task's success when it is played inside the nested episode, after the earlier sub-tasks. Sampling
+# restarts from the same torch seed for every block of games, so every model meets the same dice.
+def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=False, temperature=eval_temperature,
+             progress=True):
     sys_prompt = None if grpo.is_tiny(tokenizer) else cfg["system_prompt"]
     rates = {}
     for task in tasks:
-        r, _ = grpo.play_games(model, tokenizer, task, n, seed_base=EVAL_SEED_BASE, max_new=cfg["max_new_tokens"],
+        torch.manual_seed(EVAL_SEED_BASE)
+        r, _ = grpo.play_games(model, tokenizer, task, n, seed_base=EVAL_SEED_BASE, temperature=temperature,
                                env_options=grpo.env_options_for(task, tokenizer, opponent, training=False),
-                               system_prompt=sys_prompt, progress=progress)
+                               max_new=cfg["max_new_tokens"], system_prompt=sys_prompt, progress=progress)
         rates[task] = r["success"]
     if len(tasks) > 1:
+        torch.manual_seed(EVAL_SEED_BASE)
         envs = [make_task_env(tasks, tokenizer, opponent, False, joint_, marker_) for _ in range(n)]
-        eps = grpo.rollout(model, tokenizer, envs, [EVAL_SEED_BASE + i for i in range(n)], temperature=0.0,
+        eps = grpo.rollout(model, tokenizer, envs, [EVAL_SEED_BASE + i for i in range(n)], temperature=temperature,
                            max_new=cfg["max_new_tokens"], system_prompt=sys_prompt, progress=progress)
         rates["joint"] = grpo.summarize_outcomes(eps)["success"]
         for k, task in enumerate(tasks):
@@ -460,10 +473,12 @@ def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=F
 def run_spec(mode, run_tasks, tasks, seed, opts):
     return {"mode": mode, "tasks": list(run_tasks), "eval_tasks": list(tasks), "seed": seed,
             "joint": opts["joint"], "marker": opts["marker"], "warmup_steps": opts["warmup_steps"] if
-            mode == "nested" else 0, "eval_games": opts["eval_games"], "grpo": opts["grpo"]}
+            mode == "nested" else 0, "eval_games": opts["eval_games"], "eval_temperature": opts["eval_temperature"],
+            "grpo": opts["grpo"]}
 
 
-def claim_folder(folder, spec):
+def finished_run(folder, spec):
+    """Claims `folder` for `spec` (run.json); returns its eval.json if the run is complete, else None."""
     path = os.path.join(folder, "run.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -475,6 +490,27 @@ def claim_folder(folder, spec):
         os.makedirs(folder, exist_ok=True)
         with open(path, "w") as f:
             json.dump(spec, f, indent=1)
+    done = os.path.join(folder, "eval.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    return None
+
+
+def evaluate_saved(model_path, folder, tasks, opts, **extra):
+    """Loads a model, evaluates it (section 7) and writes <folder>/eval.json. Returns what it wrote."""
+    g = opts["grpo"]
+    dtype = {"float32": None, "bfloat16": torch.bfloat16}[g["dtype"]]
+    model, tokenizer = grpo.load_policy(model_path, g["device"], dtype)
+    opponent = grpo.make_opponent(g["opponent"], grpo.load_policy_path(g["model"]), g["device"], dtype,
+                                  g["max_new_tokens"])
+    t0 = time.time()
+    rates = evaluate(model, tokenizer, tasks, opponent, opts["eval_games"], g, opts["joint"], opts["marker"],
+                     opts["eval_temperature"])
+    result = {"after": rates, **extra, "eval_s": time.time() - t0}
+    with open(os.path.join(folder, "eval.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
 
 
 def train_run(mode, run_tasks, seed, folder, opts, model_path=None, steps_=None):
@@ -489,17 +525,14 @@ def train_run(mode, run_tasks, seed, folder, opts, model_path=None, steps_=None)
     make_envs = None if mode == "single" else \
         make_envs_hook(mode, run_tasks, g["num_groups"], g["group_size"], seed, opts["joint"], opts["marker"])
     grpo.train(cfg, make_envs=make_envs, extra_metrics=instruments_hook(run_tasks, opts["task_grads"]))
-    return cfg
 
 
 def run_row(mode, run_tasks, tasks, seed, folder, opts):
     """Train (with warm-up if asked), evaluate on every task + joint, write eval.json. Returns it."""
-    eval_path = os.path.join(folder, "eval.json")
     spec = run_spec(mode, run_tasks, tasks, seed, opts)
-    claim_folder(folder, spec)
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            return json.load(f)
+    done = finished_run(folder, spec)
+    if done:
+        return done
     t0 = time.time()
     W, model_path = spec["warmup_steps"], None
     if W:
@@ -510,39 +543,16 @@ def run_row(mode, run_tasks, tasks, seed, folder, opts):
         warm = os.path.join(folder, "warmup")
         train_run("mixed", run_tasks, seed, warm, opts, steps_=W)
         model_path = os.path.join(warm, "checkpoint")
-    cfg = train_run(mode, run_tasks, seed, folder, opts, model_path, opts["grpo"]["steps"] - W)
-    train_s = time.time() - t0
-    model, tokenizer = grpo.load_policy(os.path.join(folder, "checkpoint"), cfg["device"])
-    opponent = grpo.make_opponent(cfg["opponent"], grpo.load_policy_path(opts["grpo"]["model"]), cfg["device"],
-                                  None, cfg["max_new_tokens"])
-    t1 = time.time()
-    rates = evaluate(model, tokenizer, tasks, opponent, opts["eval_games"], cfg, opts["joint"], opts["marker"])
-    result = {"after": rates, "train_s": train_s, "eval_s": time.time() - t1}
-    with open(eval_path, "w") as f:
-        json.dump(result, f, indent=1)
-    return result
+    train_run(mode, run_tasks, seed, folder, opts, model_path, opts["grpo"]["steps"] - W)
+    return evaluate_saved(os.path.join(folder, "checkpoint"), folder, tasks, opts, train_s=time.time() - t0)
 
 
 def base_row(tasks, folder, opts):
-    """The untrained starting model, evaluated once (greedy evaluation needs no seeds)."""
-    eval_path = os.path.join(folder, "eval.json")
+    """The untrained starting model, evaluated once: its row has no training seeds."""
     spec = {"mode": "base", "eval_tasks": list(tasks), "model": opts["grpo"]["model"],
-            "eval_games": opts["eval_games"], "joint": opts["joint"], "marker": opts["marker"]}
-    claim_folder(folder, spec)
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            return json.load(f)
-    g = opts["grpo"]
-    cfg = dict(grpo.defaults(), **g)
-    model, tokenizer = grpo.load_policy(g["model"], g["device"])
-    opponent = grpo.make_opponent(g["opponent"], grpo.load_policy_path(g["model"]), g["device"], None,
-                                  g["max_new_tokens"])
-    t0 = time.time()
-    result = {"after": evaluate(model, tokenizer, tasks, opponent, opts["eval_games"], cfg, opts["joint"],
-                                opts["marker"]), "eval_s": time.time() - t0}
-    with open(eval_path, "w") as f:
-        json.dump(result, f, indent=1)
-    return result
+            "eval_games": opts["eval_games"], "eval_temperature": opts["eval_temperature"], "joint": opts["joint"],
+            "marker": opts["marker"]}
+    return finished_run(folder, spec) or evaluate_saved(opts["grpo"]["model"], folder, tasks, opts)
 
 
 # -----------------------------------------------------------------------------
@@ -553,14 +563,14 @@ def fmt(values):
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def results_table(rows, tasks):
-    """rows: {row name: [rates of each seed]}. Columns: each task alone, joint, average of the tasks."""
-    head = ["training"] + list(tasks) + ["joint", "avg"]
+def results_table(rows, columns, average_of=()):
+    """rows: {row name: [eval rates of each seed]}; one column per key, then "avg" over `average_of`."""
+    head = ["training"] + [c.split("/")[-1] for c in columns] + (["avg"] if average_of else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in rows.items():
-        cells = [fmt([r[t] for r in runs]) for t in tasks]
-        cells.append(fmt([r["joint"] for r in runs]))
-        cells.append(fmt([sum(r[t] for t in tasks) / len(tasks) for r in runs]))
+        cells = [fmt([r[c] for r in runs]) for c in columns]
+        if average_of:
+            cells.append(fmt([sum(r[c] for c in average_of) / len(average_of) for r in runs]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -695,7 +705,8 @@ def run_experiment(opts):
             curves[(name, seed)] = run_curves(folder, list(run_tasks), warm)
     minutes = (time.time() - t0) / 60
 
-    table = results_table(results, tasks)
+    table = results_table(results, list(tasks) + ["joint"], average_of=tasks)
+    inside = results_table(results, [f"in_nested/{t}" for t in tasks] + ["joint"]) if len(tasks) > 1 else ""
     dynamics = dynamics_table(curves, tasks)
     write_curves(os.path.join(root, "curves.csv"), curves)
     try:
@@ -703,11 +714,14 @@ def run_experiment(opts):
         plot_note = f"curves: {root}/curves.png and {root}/curves.csv"
     except ImportError:
         plot_note = f"curves: {root}/curves.csv (install matplotlib for curves.png)"
-    header = (f"Setting {label} ({' -> '.join(tasks)}), success % on {opts['eval_games']} greedy games per "
-              f"task; mean ± std over seeds {','.join(map(str, seed_list))}; joint = all sub-tasks succeed "
+    header = (f"Setting {label} ({' -> '.join(tasks)}), success % on {opts['eval_games']} games per task at "
+              f"T = {opts['eval_temperature']}; mean ± std over seeds {','.join(map(str, seed_list))}; joint = all sub-tasks succeed "
               f"in one nested episode; avg = mean of the task columns. Budget: {budget['total']} sub-task "
               f"episodes per run.")
-    report = f"{header}\n\n{table}\n\nTraining dynamics (second half of training):\n\n{dynamics}\n"
+    report = f"{header}\n\n{table}\n"
+    if inside:
+        report += f"\nThe same models, each task's success inside the nested evaluation episodes:\n\n{inside}\n"
+    report += f"\nTraining dynamics (second half of training, per task):\n\n{dynamics}\n"
     with open(os.path.join(root, "table.md"), "w") as f:
         f.write(report)
     print("\n" + report)
@@ -724,7 +738,8 @@ OWN_HELP = {
     "seeds": "comma-separated run seeds; the table reports mean ± std over them",
     "joint": "nested reward rule: mean (GIFT) | min | product (strict ANDs)",
     "warmup_steps": "nested only: this many mixed steps first, then nested for the rest of --steps",
-    "eval_games": "greedy games per task, and nested episodes for the joint column, per model",
+    "eval_games": "games per task, and nested episodes for the joint column, per model",
+    "eval_temperature": "sampling temperature of the evaluation games (GIFT 0.5; 0 = greedy)",
     "threads": "torch CPU threads (1 is fastest for the tiny model, above all on a busy machine)",
     "out_dir": "root folder: <out-dir>/<setting>/<row>/seed<s>/ (re-running skips finished runs)",
 }
@@ -732,7 +747,7 @@ OWN_HELP = {
 NOT_FROM_GRPO = ("game", "out_dir", "eval_games", "eval_every", "seed")
 # grpo.py defaults that differ for this experiment (the rest are grpo.py's own).
 GRPO_OVERRIDES = dict(steps=steps, num_groups=num_groups, group_size=group_size, filter_ratio=filter_ratio,
-                      save_every=SAVE_EVERY)
+                      micro_batch_size=micro_batch_size, save_every=SAVE_EVERY)
 # grpo.py flags whose meaning is more specific here.
 GRPO_HELP = {"num_groups": "MIXED groups per step, a multiple of the number of tasks K; single-task runs "
                            "play as many groups, nested runs num_groups / K groups of K-task trajectories",
@@ -774,7 +789,8 @@ def parse_args(argv=None):
     return {"setting": pick("setting", setting), "order": a["order"], "modes": pick("modes", modes),
             "seeds": pick("seeds", seeds), "joint": pick("joint", joint), "warmup_steps": pick("warmup_steps", warmup_steps),
             "marker": bool(a["marker"]) or marker, "task_grads": task_grads and not a["no_task_grads"],
-            "eval_games": pick("eval_games", eval_games), "out_dir": pick("out_dir", out_dir),
+            "eval_games": pick("eval_games", eval_games), "eval_temperature": pick("eval_temperature", eval_temperature),
+            "out_dir": pick("out_dir", out_dir),
             "threads": pick("threads", threads), "grpo": grpo_cfg}
 
 
