@@ -468,10 +468,22 @@ def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=F
 # 8. One row of the table = one grpo.train run per seed, each in its own folder (resumable)
 #
 # A run whose eval.json exists is skipped; one with a checkpoint but no eval.json is resumed by
-# grpo.train. run.json records what the folder was started with, so a changed command line cannot
-# silently reuse a stale run.
+# grpo.train. run.json records what the folder was started with (the command line's settings and the
+# starting model's files), so a changed command line or a rebuilt tiny model cannot silently reuse a
+# stale run.
+def model_stamp(name):
+    """What identifies the starting model: name, size and time of each file of a local directory
+    (the tiny model is built on first use), or the hub name itself."""
+    path = grpo.load_policy_path(name)
+    if not os.path.isdir(path):
+        return name
+    return [(f, os.path.getsize(os.path.join(path, f)), int(os.path.getmtime(os.path.join(path, f))))
+            for f in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, f))]
+
+
 def run_spec(mode, run_tasks, tasks, seed, opts):
     return {"mode": mode, "tasks": list(run_tasks), "eval_tasks": list(tasks), "seed": seed,
+            "start_model": model_stamp(opts["grpo"]["model"]),
             "joint": opts["joint"], "marker": opts["marker"], "warmup_steps": opts["warmup_steps"] if
             mode == "nested" else 0, "eval_games": opts["eval_games"], "eval_temperature": opts["eval_temperature"],
             "grpo": opts["grpo"]}
@@ -549,7 +561,7 @@ def run_row(mode, run_tasks, tasks, seed, folder, opts):
 
 def base_row(tasks, folder, opts):
     """The untrained starting model, evaluated once: its row has no training seeds."""
-    spec = {"mode": "base", "eval_tasks": list(tasks), "model": opts["grpo"]["model"],
+    spec = {"mode": "base", "eval_tasks": list(tasks), "start_model": model_stamp(opts["grpo"]["model"]),
             "eval_games": opts["eval_games"], "eval_temperature": opts["eval_temperature"], "joint": opts["joint"],
             "marker": opts["marker"]}
     return finished_run(folder, spec) or evaluate_saved(opts["grpo"]["model"], folder, tasks, opts)

@@ -304,9 +304,12 @@ def test_end_to_end_single_mixed_nested(tiny_dir, tmp_path, capsys):
     stamp = os.path.getmtime(root / "nested" / "seed0" / "log.jsonl")
     nested.run_experiment(opts)
     assert os.path.getmtime(root / "nested" / "seed0" / "log.jsonl") == stamp
-    # ... but refuses to reuse a folder for other settings
+    # ... but refuses to reuse a folder for other settings, or after the starting model changed
     with pytest.raises(SystemExit):
         nested.run_experiment(nested.parse_args(quick_args(tiny_dir, tmp_path, "--lr", "0.1")))
+    os.utime(os.path.join(tiny_dir, "config.json"), (0, 0))
+    with pytest.raises(SystemExit):
+        nested.run_experiment(opts)
 
 
 def test_nested_with_warmup_keeps_the_budget(tiny_dir, tmp_path):
