@@ -613,8 +613,8 @@ class TicTacToeEnv(TextEnv):
     def _board_text(self, mark, compact):
         # Full text numbers rows and columns, so the model can read coordinates off the board.
         rows = ["".join(self.board[3 * r:3 * r + 3]) for r in range(3)]
-        if compact:   # three lines of x / o / . and whose mark is yours
-            return "\n".join(rows) + f"\nyou:{mark}"
+        if compact:   # three lines of x / o / ., whose mark is yours, and the legal moves to copy from
+            return "\n".join(rows) + f"\nyou:{mark}\n" + "".join(self.legal_actions())
         grid = ["    1 2 3"] + [f" {r + 1}  " + " ".join(rows[r]) for r in range(3)]
         return (f"You play \"{mark}\", your opponent plays \"{_other(mark)}\".\n"
                 "Board (rows numbered on the left, columns on top):\n" + "\n".join(grid))

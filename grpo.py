@@ -80,15 +80,19 @@ eval_every = 0               # also evaluate every N steps (0 = only before and 
 save_every = 50              # checkpoint every N steps (and always on Ctrl-C and at the end)
 sample_every = 25            # write a few decoded episodes to samples.jsonl every N steps
 seed = 0                     # one seed for torch, numpy, python and the environments
+threads = 1                  # torch CPU threads: the tiny model's small matrices gain little from more,
+                             # and on a shared 2-core machine 2 threads per process run 3-5x slower
 out_dir = "runs/grpo"        # log.jsonl, samples.jsonl, checkpoint/
 
-# The tiny model (section 1). About 1.6M parameters: big enough to learn TicTacToe, small enough for a CPU.
-TINY_CONFIG = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+# The tiny model (section 1). About 0.9M parameters: big enough to learn TicTacToe, small enough for a CPU.
+TINY_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
                    tie_word_embeddings=True)
 TINY_DIR = os.environ.get("TINY_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "tiny"))
-WARM_GAMES = ("tictactoe", "matrix", "arith", "spy")  # the tiny base model learns the answer format of all
-WARM_STEPS = 600             # behaviour-cloning steps of the warm start (section 10)
+# The tiny base model learns the answer format of all four games; TicTacToe gets half of the transcripts
+# because reading legal moves off a board (and copying one) takes far more practice than a format.
+WARM_GAMES = ("tictactoe", "matrix", "tictactoe", "arith", "tictactoe", "spy")
+WARM_STEPS = 400             # behaviour-cloning steps of the warm start (section 10)
 WARM_BATCH = 32              # episodes per behaviour-cloning step
 WARM_LR = 2e-3               # behaviour-cloning learning rate
 
@@ -154,13 +158,13 @@ def build_tiny_tokenizer():
                                    unk_token=None, chat_template=TINY_CHAT_TEMPLATE)
 
 
-def build_tiny_model(tokenizer, seed=0):
-    """A randomly initialised Qwen2ForCausalLM sized by TINY_CONFIG."""
+def build_tiny_model(tokenizer, seed=0, sizes=None):
+    """A randomly initialised Qwen2ForCausalLM sized by TINY_CONFIG (or `sizes`, a dict like it)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **TINY_CONFIG)
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **(sizes or TINY_CONFIG))
     return Qwen2ForCausalLM(config)
 
 
@@ -188,11 +192,17 @@ def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
         return path
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed)
-    print(f"[tiny] building the warm-started tiny model in {path} (once; about a minute) ...")
+    print(f"[tiny] building the warm-started tiny model in {path} (once; a few minutes) ...")
     warm_start(model, tokenizer, game_names, steps=steps, seed=seed)
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    # Save next to the target and rename: a process that finds `path` always finds a whole model.
+    tmp = f"{path}.tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(path):
+        import shutil
+        shutil.rmtree(path)
+    os.rename(tmp, path)
     return path
 
 
@@ -909,13 +919,14 @@ HELP = {
     "save_every": "checkpoint every N steps (also on Ctrl-C and at the end)",
     "sample_every": "write a few decoded episodes to samples.jsonl every N steps",
     "seed": "seed for torch, numpy, python and the environments' start states",
+    "threads": "torch CPU threads (0 = torch's default)",
     "out_dir": "output folder: log.jsonl, samples.jsonl, eval.json, checkpoint/",
 }
 
 
 def defaults():
     g = globals()
-    return {k: g[k] for k in HELP} | {"device": "cpu", "dtype": "float32", "bf16": False,
+    return {k: g["model_name" if k == "model" else k] for k in HELP} | {"device": "cpu", "dtype": "float32", "bf16": False,
                                       "gradient_checkpointing": False, "system_prompt": "You are a helpful assistant.",
                                       "resume": None}
 
@@ -954,7 +965,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
     t0 = time.time()
     before, after = train(cfg)
     minutes = (time.time() - t0) / 60

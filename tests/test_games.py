@@ -296,8 +296,10 @@ def test_tictactoe_compact_observation():
     env = make_env("tictactoe", compact=True)
     obs = env.reset(seed=0)
     lines = obs.split("\n")
-    assert len(lines) == 4 and all(re.fullmatch(r"[xo.]{3}", line) for line in lines[:3])
+    assert len(lines) == 5 and all(re.fullmatch(r"[xo.]{3}", line) for line in lines[:3])
     assert lines[3] in ("you:x", "you:o")
+    # the legal moves, in the answer format, one per empty cell
+    assert lines[4] == "".join(env.legal_actions()) and lines[4].count("(") == "".join(lines[:3]).count(".")
 
 
 def test_tictactoe_callable_opponent_errors_after_its_tries():
