@@ -64,8 +64,6 @@ joint = "mean"               # R of a nested trajectory: mean (GIFT App. B.2) | 
 warmup_steps = 0             # mixed steps before nesting (GIFT App. B.3 warms up the 1.5B F+I3 run)
 marker = False               # write "Task k of K: name" above each sub-task's first observation
 task_grads = True            # per-task gradient norms every step (one extra forward + K backwards)
-threads = 1                  # torch CPU threads: the tiny model's matrices are too small to split, and
-                             # on a shared machine extra threads mostly wait for each other
 eval_games = 100             # games per task and joint episodes per model; GIFT evaluates 100
 eval_temperature = 0.5       # sampling temperature of evaluation, GIFT's 0.5 (gift.md 4.1); 0 = greedy
 steps = 20                   # optimiser steps per run; GIFT runs 100-300 (gift.md 3.6)
@@ -481,12 +479,16 @@ def model_stamp(name):
             for f in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, f))]
 
 
+# Flags that change speed or bookkeeping, not what a run learns: a run may resume with other values.
+NEUTRAL = ("threads", "micro_batch_size", "save_every", "sample_every")
+
+
 def run_spec(mode, run_tasks, tasks, seed, opts):
     return {"mode": mode, "tasks": list(run_tasks), "eval_tasks": list(tasks), "seed": seed,
             "start_model": model_stamp(opts["grpo"]["model"]),
             "joint": opts["joint"], "marker": opts["marker"], "warmup_steps": opts["warmup_steps"] if
             mode == "nested" else 0, "eval_games": opts["eval_games"], "eval_temperature": opts["eval_temperature"],
-            "grpo": opts["grpo"]}
+            "grpo": {k: v for k, v in opts["grpo"].items() if k not in NEUTRAL}}
 
 
 def finished_run(folder, spec):
@@ -752,7 +754,6 @@ OWN_HELP = {
     "warmup_steps": "nested only: this many mixed steps first, then nested for the rest of --steps",
     "eval_games": "games per task, and nested episodes for the joint column, per model",
     "eval_temperature": "sampling temperature of the evaluation games (GIFT 0.5; 0 = greedy)",
-    "threads": "torch CPU threads (1 is fastest for the tiny model, above all on a busy machine)",
     "out_dir": "root folder: <out-dir>/<setting>/<row>/seed<s>/ (re-running skips finished runs)",
 }
 # grpo.py flags that nested.py sets itself, so they are not offered here.
@@ -802,13 +803,13 @@ def parse_args(argv=None):
             "seeds": pick("seeds", seeds), "joint": pick("joint", joint), "warmup_steps": pick("warmup_steps", warmup_steps),
             "marker": bool(a["marker"]) or marker, "task_grads": task_grads and not a["no_task_grads"],
             "eval_games": pick("eval_games", eval_games), "eval_temperature": pick("eval_temperature", eval_temperature),
-            "out_dir": pick("out_dir", out_dir),
-            "threads": pick("threads", threads), "grpo": grpo_cfg}
+            "out_dir": pick("out_dir", out_dir), "grpo": grpo_cfg}
 
 
 def main(argv=None):
     opts = parse_args(argv)
-    torch.set_num_threads(opts["threads"])
+    if opts["grpo"]["threads"]:                                      # grpo.py's --threads, same rule
+        torch.set_num_threads(opts["grpo"]["threads"])
     run_experiment(opts)
 
 
