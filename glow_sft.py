@@ -31,8 +31,8 @@ What we simplified or changed (and why), one line each:
   - Every condition, GLOW or not, averages a token mean per sample (as the official loss does); plain
     SFT would average over all tokens of the batch.
 
-Run:  python glow_sft.py experiment --quick            # pos/neg/all/all+GLOW x 3 seeds, ~5 min, 2 CPU cores
-      python glow_sft.py experiment                    # the full table, ~25 min on 2 CPU cores
+Run:  python glow_sft.py experiment --quick            # pos/neg/all/all+GLOW x 3 seeds: ~6.5 CPU-minutes
+      python glow_sft.py experiment                    # the full table: ~29 CPU-minutes (1 thread; see README)
       python glow_sft.py make-data --out data/glow_arith
       python glow_sft.py train --train data/glow_arith/train.jsonl --data all --weighting glow \\
           --test-id data/glow_arith/test_id.jsonl --test-ood data/glow_arith/test_ood.jsonl --out runs/glow
@@ -431,6 +431,7 @@ def train_step(model, optimizer, scheduler, batch, hp, epoch=0, history=None, sa
         width = int(batch["attention_mask"][sl].sum(1).max())
         mb = {k: v[sl, :width].to(device) for k, v in batch.items()}
         l = per_sample_loss(model, mb)                                           # (b,)
+        # Unseen ids default to the mean of THIS micro-batch, like the official per-device batch mean.
         w = sample_weights(hp["weighting"], epoch, prev[sl], l, hp)              # (b,)
         ((l * w).sum() / B).backward()
         losses.append(l.detach().float().cpu())
@@ -789,7 +790,9 @@ EXPERIMENT = {"full": dict(n_train=2000, max_operand=arith_max_operand, epochs=5
 
 
 def experiment(cfg):
-    size = EXPERIMENT["quick" if cfg["quick"] else "full"]
+    size = dict(EXPERIMENT["quick" if cfg["quick"] else "full"])
+    if cfg.get("experiment_epochs"):
+        size["epochs"] = cfg["experiment_epochs"]
     root = os.path.join(cfg["out_dir"], "experiment")
     files = make_data(os.path.join(root, "data"), size["n_train"], size["n_test"], 0, max_operand=size["max_operand"])
     print(f"data: {root}/data ({size['n_train']} questions -> {2 * size['n_train']} trajectories)")
@@ -988,10 +991,14 @@ def parse_args(argv=None):
     e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights dtype")
 
     x = sub.add_parser("experiment", help="pos / neg / all / all+GLOW from scratch, 3 seeds, one markdown table")
-    x.add_argument("--quick", action="store_true", help="smaller data and fewer epochs: ~5 minutes on 2 CPU cores")
+    x.add_argument("--quick", action="store_true",
+                   help="smaller data and fewer steps (a smoke test, accuracies near 0): ~5-7 minutes on 2 idle CPU cores")
     x.add_argument("--seeds", type=int, nargs="+", default=None, help="run seeds (default 0 1 2)")
     x.add_argument("--out-dir", "--out", dest="out_dir", default=None, help=f"results go to OUT/experiment (default {out_dir})")
     x.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {lr})")
+    x.add_argument("--epochs", dest="experiment_epochs", type=int, default=None,
+                   help=f"epochs of 'all'; pos and neg run twice as many, so steps match "
+                        f"(default {EXPERIMENT['full']['epochs']}, --quick {EXPERIMENT['quick']['epochs']})")
     x.add_argument("--device", default=None, help="cpu | cuda ...")
     x.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     return p.parse_args(argv)

@@ -325,3 +325,19 @@ def test_greedy_generation_is_used_for_accuracy(tiny):
     b = glow_sft.evaluate_accuracy(model, tok, qs, max_new_tokens_=5)
     assert a["samples"] == b["samples"] and a["mean_new_tokens"] <= 5
     assert glow_sft.mean_generation_entropy(model, tok, ["1+1=?"], max_new_tokens_=5) == pytest.approx(a["entropy"])
+
+
+@pytest.mark.slow
+def test_experiment_writes_logs_results_and_a_table(tmp_path, monkeypatch, capsys):
+    # The real --quick takes minutes; the same code on a toy size: 4 conditions x 2 seeds, 1-2 steps each.
+    monkeypatch.setitem(glow_sft.EXPERIMENT, "quick",
+                        dict(n_train=8, max_operand=5, epochs=1, batch_size=8, n_test=4))
+    monkeypatch.setattr(glow_sft, "max_new_tokens", 8)
+    glow_sft.main(["experiment", "--quick", "--seeds", "0", "1", "--out", str(tmp_path)])
+    root = tmp_path / "experiment"
+    results = json.load(open(root / "results.json"))["results"]
+    assert set(results) == {"pos", "neg", "all", "all+GLOW"}
+    # Steps match across conditions: pos/neg run 2 epochs of 8, all 1 epoch of 16.
+    assert {r["steps"] for c in results.values() for r in c.values()} == {2}
+    assert (root / "all+GLOW_s1" / "log.jsonl").exists()
+    assert "| all+GLOW |" in capsys.readouterr().out
