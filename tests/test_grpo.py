@@ -283,7 +283,7 @@ def test_environment_tokens_get_zero_gradient_but_are_attended(tiny):
 # The loop: a short run, and resume continuing the same RNG stream
 def small_cfg(out, steps, **kw):
     cfg = grpo.defaults()
-    cfg.update(out_dir=str(out), steps=steps, num_groups=2, group_size=4, eval_games=8, save_every=2,
+    cfg.update(out_dir=str(out), steps=steps, num_groups=2, group_size=4, eval_games=4, save_every=2,
                sample_every=1, **kw)
     return cfg
 
@@ -313,7 +313,7 @@ def test_end_to_end_cli_writes_logs_and_checkpoint(tmp_path, tiny, monkeypatch, 
     monkeypatch.setattr(grpo, "TINY_DIR", tiny[0].name_or_path)
     out = tmp_path / "run"
     grpo.main(["--steps", "2", "--num-groups", "2", "--group-size", "4", "--eval-games", "6",
-               "--out-dir", str(out), "--filter-ratio", "0.5", "--loss-type", "dr_grpo"])
+               "--out-dir", str(out), "--filter-ratio", "0.5", "--loss-type", "dr_grpo", "--sample-every", "1"])
     log = read_log(out / "log.jsonl")
     assert len(log) == 2
     for key in ("reward_mean", "reward_std", "zero_std_groups", "truncated_turns", "response_tokens", "entropy",
