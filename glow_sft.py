@@ -536,13 +536,18 @@ def seed_everything(s):
     torch.manual_seed(s)
 
 
+# The from-scratch model of the experiment: grpo's tiny architecture at 1.6M parameters (hidden 192),
+# the size the measured table in the README was produced with. (grpo.py's own tiny is 0.8M, for speed.)
+SCRATCH_SIZES = dict(grpo.TINY_CONFIG, hidden_size=192, intermediate_size=512)
+
+
 def load_model(name, device="cpu", dtype="float32", seed_=0):
     """(model, tokenizer). "scratch": a fresh random tiny Qwen2 (init from seed_); anything else via grpo."""
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     if name == "scratch":
         tokenizer = grpo.build_tiny_tokenizer()
         tokenizer.padding_side = "left"              # as grpo.load_policy: generation pads on the left
-        model = grpo.build_tiny_model(tokenizer, seed=seed_).to(device=device, dtype=torch_dtype)
+        model = grpo.build_tiny_model(tokenizer, seed=seed_, sizes=SCRATCH_SIZES).to(device=device, dtype=torch_dtype)
         return model, tokenizer
     return grpo.load_policy(name, device, torch_dtype)
 
