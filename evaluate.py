@@ -221,19 +221,7 @@ def game_report(spec, episodes):
 #     free answer:      {"question": str, "answer": 42 | "3/4" | "x+1", "subject": str (optional)}
 # "answer" of a multiple-choice line is a letter or a 0-based index into choices (MMLU's convention).
 # A file holds one kind; anything malformed stops the run with the file, the line and the field.
-def jsonl_objects(path):
-    """(line number, dict) for every non-blank line; a line that is not a JSON object stops with file:line."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
+jsonl_objects = games.jsonl_objects   # (line number, dict) per line; stops with file:line
 
 
 def load_bench(path, limit=None):

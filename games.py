@@ -1193,6 +1193,24 @@ class ArithEnv(TextEnv):
                             "success" if right else "failure", answer, **extra)
 
 
+def jsonl_objects(path):
+    """(line number, dict) for every non-blank line of a JSONL file; anything else stops with file:line.
+
+    The one JSONL reader of the codebase: math_jsonl here, and evaluate.py's benchmark files.
+    """
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
 class MathJsonlEnv(TextEnv):
     """Problems from a file of {"question": ..., "answer": ...} lines. Any answer text is valid."""
     name = "math_jsonl"
@@ -1201,21 +1219,12 @@ class MathJsonlEnv(TextEnv):
     def __init__(self, path, compact=False):
         super().__init__(compact)
         self.path, self.problems = path, []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected an object with question and answer")
-                if not isinstance(row.get("question"), str) or not row["question"].strip():
-                    raise ValueError(f"{path}:{number}: field 'question' must be a non-empty string")
-                if not isinstance(row.get("answer"), (str, int, float)) or isinstance(row["answer"], bool):
-                    raise ValueError(f"{path}:{number}: field 'answer' must be a string or a number")
-                self.problems.append(row)
+        for number, row in jsonl_objects(path):
+            if not isinstance(row.get("question"), str) or not row["question"].strip():
+                raise ValueError(f"{path}:{number}: field 'question' must be a non-empty string")
+            if not isinstance(row.get("answer"), (str, int, float)) or isinstance(row["answer"], bool):
+                raise ValueError(f"{path}:{number}: field 'answer' must be a string or a number")
+            self.problems.append(row)
         if not self.problems:
             raise ValueError(f"{path}: no problems in the file")
 

@@ -508,13 +508,8 @@ def save_checkpoint(out, model, tokenizer, optimizer, scheduler, state):
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
                os.path.join(tmp, "trainer_state.pt"))
-    # Write into a temporary folder and swap, so a crash while saving never destroys the last good one.
-    if os.path.exists(final):
-        os.replace(final, final + ".old")
-    os.replace(tmp, final)
-    if os.path.exists(final + ".old"):
-        import shutil
-        shutil.rmtree(final + ".old")
+    # Written into a temporary folder and swapped in, so a crash while saving never destroys the last one.
+    grpo.swap_folder(tmp, final)
 
 
 def load_trainer_state(out, optimizer, scheduler):

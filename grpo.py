@@ -696,12 +696,18 @@ def save_checkpoint(out, model, tokenizer, optimizer, step, extra):
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                         "python": random.getstate()}},
                os.path.join(tmp, "trainer_state.pt"))
-    # Write to a temporary folder first, so an interrupted save never destroys the last good one.
+    swap_folder(tmp, final)
+
+
+def swap_folder(tmp, final):
+    """Move a freshly written folder into place. Writing to `tmp` first means an interrupted save never
+    destroys the last good checkpoint (glow_sft.py saves the same way)."""
+    import shutil
+
     if os.path.exists(final):
-        os.rename(final, final + ".old")
-    os.rename(tmp, final)
+        os.replace(final, final + ".old")
+    os.replace(tmp, final)
     if os.path.exists(final + ".old"):
-        import shutil
         shutil.rmtree(final + ".old")
 
 
