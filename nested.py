@@ -13,8 +13,8 @@ The idea (GIFT §3.3-3.4, gift.md 2.1). Train one policy on K tasks with GRPO. T
 This file builds the nested environment, the mixed and single-task baselines with EXACTLY equal
 budgets, the per-task instruments the paper's argument rests on (entropy and the gradient norm of
 each task's share of the loss, GIFT §2.4/Fig. 4), and the experiment of GIFT Table 2/4 at toy scale.
-The GRPO loop itself is grpo.train, reused through its three hooks (make_envs, evaluate_fn,
-extra_metrics); nothing of the loop is copied here.
+The GRPO loop itself is grpo.train, reused through its make_envs and extra_metrics hooks; nothing
+of the loop is copied here.
 
 What we simplified or chose (and why), one line each:
   - "arith" (games.py) stands in for MATH as the formal task F: a tiny model can learn it.
@@ -32,8 +32,9 @@ What we simplified or chose (and why), one line each:
     move is often illegal, and it repeats it until the turns run out.
 
 Run:  python nested.py                      # I2 = matrix+tictactoe: base, single-*, mixed, nested; 3 seeds
-      python nested.py --quick              # the same at a smaller budget (about 5 minutes on 2 cores)
-      python nested.py --setting F+I2       # arith -> matrix -> tictactoe (the paper's order)
+                                            # (25 min measured on 2 CPU cores shared with other jobs)
+      python nested.py --quick              # the same, 2 seeds, a smaller budget (6 min measured, ditto)
+      python nested.py --setting F+I2 --num-groups 6   # arith -> matrix -> tictactoe (paper's order)
       python nested.py --setting I2 --order tictactoe,matrix --modes nested   # the order ablation
       python nested.py --setting F+I3 --warmup-steps 10 --joint min           # warm-up, strict AND
       python nested.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --group-size 16 --lr 1e-6 \
@@ -76,7 +77,7 @@ micro_batch_size = group_size  # episodes per forward/backward = one group: grpo
                              # micro-batch, and a mixed batch holds 8-token matrix answers beside
                              # 5-turn games; the gradient does not depend on it
 
-# --quick: the same experiment, smaller (about 5 minutes on 2 cores).
+# --quick: the same experiment, smaller (5.7 min measured on 2 busy cores; the default took 25.0).
 # Its own folder, so that a later full run does not meet a quick run's folders (run.json would refuse).
 QUICK = dict(steps=8, num_groups=4, group_size=8, eval_games=30, seeds="0,1", out_dir="runs/nested-quick")
 
@@ -465,6 +466,8 @@ def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=F
 # -----------------------------------------------------------------------------
 # 8. One row of the table = one grpo.train run per seed, each in its own folder (resumable)
 #
+# grpo.train runs with eval_games = 0: its own before/after evaluation would replay the untrained model
+# in every run, where the base row does it once. We evaluate the saved checkpoint instead.
 # A run whose eval.json exists is skipped; one with a checkpoint but no eval.json is resumed by
 # grpo.train. run.json records what the folder was started with (the command line's settings and the
 # starting model's files), so a changed command line or a rebuilt tiny model cannot silently reuse a
@@ -783,7 +786,7 @@ def parse_args(argv=None):
     p.add_argument("--no-task-grads", action="store_true",
                    help="skip the per-task gradient norms (they cost one forward and K backwards per step)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a smaller experiment, about 5 minutes on 2 cores: {QUICK} (explicit flags still win)")
+                   help=f"a smaller experiment, about 6 minutes on 2 cores: {QUICK} (explicit flags still win)")
     d = dict(grpo.defaults(), **GRPO_OVERRIDES)
     grpo_group = p.add_argument_group("GRPO (grpo.py's flags, same meaning)")
     for key, text in grpo.HELP.items():
