@@ -84,9 +84,9 @@ QUICK = dict(steps=8, num_groups=4, group_size=8, eval_games=30, seeds="0,1", ou
 
 # Save a checkpoint this often so an interrupted experiment loses at most this many steps.
 SAVE_EVERY = 10
-# Evaluation start states, evaluate.py's (grpo.play_games starts at the same number): the tasks a model
-# plays alone and the sub-tasks of its joint episodes are the very same instances.
-EVAL_SEED_BASE = evaluate.EVAL_SEED_BASE
+# Evaluation start states; grpo.play_games starts at the same number, so the tasks a model plays
+# alone and the sub-tasks of its joint episodes are the very same instances.
+EVAL_SEED_BASE = 10_000
 
 # The paper's settings (GIFT §4.1.2, gift.md 2.3), in its nesting order Math -> Matrix -> TicTacToe -> Spy.
 SETTINGS = {
