@@ -52,7 +52,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import evaluate
 import games
 import grpo
 
@@ -441,7 +440,7 @@ def instruments_hook(tasks, with_grads=True):
 # nested episodes in which EVERY sub-task succeeded (GIFT's nested success). in_nested/<task> is a
 # task's success when it is played inside the nested episode, after the earlier sub-tasks. Sampling
 # restarts from the same torch seed for every block of games, so every model meets the same dice.
-def evaluate_tasks(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=False, temperature=eval_temperature,
+def evaluate(model, tokenizer, tasks, opponent, n, cfg, joint_="mean", marker_=False, temperature=eval_temperature,
              progress=True):
     sys_prompt = None if grpo.is_tiny(tokenizer) else cfg["system_prompt"]
     rates = {}
@@ -523,7 +522,7 @@ def evaluate_saved(model_path, folder, tasks, opts, **extra):
     opponent = grpo.make_opponent(g["opponent"], grpo.load_policy_path(g["model"]), g["device"], dtype,
                                   g["max_new_tokens"])
     t0 = time.time()
-    rates = evaluate_tasks(model, tokenizer, tasks, opponent, opts["eval_games"], g, opts["joint"], opts["marker"],
+    rates = evaluate(model, tokenizer, tasks, opponent, opts["eval_games"], g, opts["joint"], opts["marker"],
                      opts["eval_temperature"])
     result = {"after": rates, **extra, "eval_s": time.time() - t0}
     with open(os.path.join(folder, "eval.json"), "w") as f:
@@ -594,26 +593,35 @@ def results_table(rows, columns, average_of=()):
 
 
 CURVE_KEYS = ("reward", "success", "entropy", "grad_norm", "grad_cos", "token_share", "kept")
-# The figures (GIFT Fig. 4 plots entropy and grad norm): evaluate.py's plot_logs, one CSV per metric
-# with a column per run, and a PNG too where matplotlib is installed.
-CURVE_METRICS = ("*/entropy", "*/grad_norm", "*/grad_cos", "*/success", "task_grad_norm")
 
 
 def read_log(path):
-    """evaluate.read_log, keeping the last line of a step that a resumed run logged twice."""
-    return list({r["step"]: r for r in evaluate.read_log(path)}.values())
-
-
-def run_logs(folder, warmup):
-    """The log.jsonl files of one run: the warm-up's first if there was one."""
-    return ([os.path.join(folder, "warmup", "log.jsonl")] if warmup else []) + [os.path.join(folder, "log.jsonl")]
+    """log.jsonl records in step order (a resumed run may log a step twice: the later line wins)."""
+    records = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                records[r["step"]] = r
+    return [records[s] for s in sorted(records)]
 
 
 def run_curves(folder, tasks, warmup):
     """Per step and task: the CURVE_KEYS of one run, the warm-up's steps first if there was one."""
-    records = [r for path in run_logs(folder, warmup) for r in read_log(path)]
+    records = (read_log(os.path.join(folder, "warmup", "log.jsonl")) if warmup else []) + \
+        read_log(os.path.join(folder, "log.jsonl"))
     return [{"step": step, "task": t, **{k: r.get(f"{t}/{k}") for k in CURVE_KEYS}}
             for step, r in enumerate(records, 1) for t in tasks]
+
+
+def write_curves(path_csv, curves):
+    """curves: {(row, seed): rows of run_curves}. One CSV line per row, seed, step, task."""
+    with open(path_csv, "w") as f:
+        f.write("row,seed,step,task," + ",".join(CURVE_KEYS) + "\n")
+        for (row, seed), rows in curves.items():
+            for r in rows:
+                f.write(f"{row},{seed},{r['step']},{r['task']}," +
+                        ",".join("" if r[k] is None else f"{r[k]:.6g}" for k in CURVE_KEYS) + "\n")
 
 
 def dynamics_table(curves, tasks):
@@ -641,6 +649,35 @@ def dynamics_table(curves, tasks):
             cell = lambda k: f"{np.mean(stats[k]):.3f}" if stats[k] else "-"
             lines.append(f"| {row} | {t} | {cell('entropy')} | {cell('grad_norm')} | {cell('cv')} | {cell('grad_cos')} |")
     return "\n".join(lines)
+
+
+def plot_curves(path_png, curves, tasks):
+    """Entropy and grad norm per task over steps, mean over seeds. Needs matplotlib (optional)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    rows = sorted({row for row, _ in curves})
+    for ax, key in zip(axes, ("entropy", "grad_norm")):
+        for row in rows:
+            for t in tasks:
+                per_step = {}
+                for (r, _), run in curves.items():
+                    if r != row:
+                        continue
+                    for x in run:
+                        if x["task"] == t and x[key] is not None:
+                            per_step.setdefault(x["step"], []).append(x[key])
+                if per_step:
+                    xs = sorted(per_step)
+                    ax.plot(xs, [np.mean(per_step[s]) for s in xs], label=f"{row} / {t}")
+        ax.set_xlabel("step")
+        ax.set_title(f"per-task {key.replace('_', ' ')} (mean over seeds)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
+    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------
@@ -675,7 +712,7 @@ def run_experiment(opts):
     t0 = time.time()
     results = {"base": [base_row(tasks, os.path.join(root, "base"), opts)["after"]]}
     plan = row_plan(tasks, mode_list)
-    curves, logs = {}, []
+    curves = {}
     for seed in seed_list:
         for name, mode, run_tasks in plan:
             folder = os.path.join(root, name, f"seed{seed}")
@@ -683,13 +720,17 @@ def run_experiment(opts):
             results.setdefault(name, []).append(run_row(mode, run_tasks, tasks, seed, folder, opts)["after"])
             warm = mode == "nested" and opts["warmup_steps"] > 0
             curves[(name, seed)] = run_curves(folder, list(run_tasks), warm)
-            logs += run_logs(folder, warm)
     minutes = (time.time() - t0) / 60
 
     table = results_table(results, list(tasks) + ["joint"], average_of=tasks)
     inside = results_table(results, [f"in_nested/{t}" for t in tasks] + ["joint"]) if len(tasks) > 1 else ""
     dynamics = dynamics_table(curves, tasks)
-    figures = evaluate.plot_logs(logs, os.path.join(root, "curves"), CURVE_METRICS) if logs else []
+    write_curves(os.path.join(root, "curves.csv"), curves)
+    try:
+        plot_curves(os.path.join(root, "curves.png"), curves, tasks)
+        plot_note = f"curves: {root}/curves.png and {root}/curves.csv"
+    except ImportError:
+        plot_note = f"curves: {root}/curves.csv (install matplotlib for curves.png)"
     header = (f"Setting {label} ({' -> '.join(tasks)}), success % on {opts['eval_games']} games per task at "
               f"T = {opts['eval_temperature']}; mean ± std over seeds {','.join(map(str, seed_list))}; joint = all sub-tasks succeed "
               f"in one nested episode; avg = mean of the task columns. Budget: {budget['total']} sub-task "
@@ -701,7 +742,7 @@ def run_experiment(opts):
     with open(os.path.join(root, "table.md"), "w") as f:
         f.write(report)
     print("\n" + report)
-    print(f"curves: {len(figures)} files in {root}/curves\nthis call took {minutes:.1f} min (skipped runs cost nothing); table: {root}/table.md")
+    print(f"{plot_note}\nthis call took {minutes:.1f} min (skipped runs cost nothing); table: {root}/table.md")
     return results
 
 
