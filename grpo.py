@@ -577,7 +577,7 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
         # Entropy bonus (GIFT App. B.3): a token mean over the same global count, subtracted.
         ent_mean = (entropy * mb_mask).sum() / batch_tokens
         (loss - cfg["entropy_coef"] * ent_mean).backward()
-        totals["loss"] += float(loss)
+        totals["loss"] += float(loss.detach())
         totals["entropy"] += float(ent_mean)
         share = stats["tokens"] / float(batch_tokens)
         for k in ("kl", "clip_low", "clip_high", "ratio"):
