@@ -210,6 +210,15 @@ class TextEnv:
         note = "invalid" if self.compact else f"Your last answer was invalid: {reason}. Nothing changed; try again."
         return self._result(note + "\n" + self._observation(), REWARD_INVALID, False, "ongoing", answer, **extra)
 
+    def _grade(self, answer, error, gold, extra):
+        """The last step of a single-answer task (arith, math_jsonl): invalid, or right / wrong vs gold."""
+        if error:
+            return self._invalid(error, answer, **extra)
+        right = check_answer(answer, gold)
+        obs = self._final_text(f"The answer is {gold}.")
+        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
+                            "success" if right else "failure", answer, **extra)
+
     def _final_text(self, headline):
         return headline + "\n" + self.render()
 
@@ -1185,12 +1194,7 @@ class ArithEnv(TextEnv):
         extra = {"target": str(self.problem["answer"])}
         if error is None and parse_number(answer) is None:
             error = f"{answer!r} is not a number"
-        if error:
-            return self._invalid(error, answer, **extra)
-        right = check_answer(answer, self.problem["answer"])
-        obs = self._final_text(f"The answer is {self.problem['answer']}.")
-        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
-                            "success" if right else "failure", answer, **extra)
+        return self._grade(answer, error, self.problem["answer"], extra)
 
 
 def jsonl_objects(path):
@@ -1248,12 +1252,7 @@ class MathJsonlEnv(TextEnv):
     def step(self, response):
         answer, error = self._take_turn(response)
         extra = {"target": str(self.problem["answer"])}
-        if error:
-            return self._invalid(error, answer, **extra)
-        right = check_answer(answer, self.problem["answer"])
-        obs = self._final_text(f"The answer is {self.problem['answer']}.")
-        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
-                            "success" if right else "failure", answer, **extra)
+        return self._grade(answer, error, self.problem["answer"], extra)
 
 
 # -----------------------------------------------------------------------------
