@@ -21,7 +21,7 @@ What we simplified or changed (and why), one line each:
     so positive k and negative k overwrite each other when they come from two files (glow.md 1.1).
   - The loss history is saved in checkpoints, so --resume continues GLOW exactly; the official history
     lives in RAM and is lost on restart (its ids then all fall back to the batch mean).
-  - The model is a 1.6M-parameter Qwen2 trained from scratch, not Qwen2.5-3B/7B fine-tuned, so the
+  - The model is a 0.8M-parameter Qwen2 trained from scratch, not Qwen2.5-3B/7B fine-tuned, so the
     learning rate is ~100x the official 1e-5 and "SFT" here also teaches the format from nothing.
   - Entropy: the paper does not say how it measures it; we define it (section 9) and say so.
   - OOD here is the generator's held-out split (division, 2 more steps, larger numbers), not other
@@ -531,9 +531,9 @@ def seed_everything(s):
     torch.manual_seed(s)
 
 
-# The from-scratch model of the experiment: grpo's tiny architecture at 1.6M parameters (hidden 192),
-# the size the measured table in the README was produced with. (grpo.py's own tiny is 0.8M, for speed.)
-SCRATCH_SIZES = dict(grpo.TINY_CONFIG, hidden_size=192, intermediate_size=512)
+# The from-scratch model of the experiment is grpo's tiny architecture (0.8M parameters), the size the
+# README's default table was measured with; pass other sizes to grpo.build_tiny_model to scale it.
+SCRATCH_SIZES = grpo.TINY_CONFIG
 
 
 def load_model(name, device="cpu", dtype="float32", seed_=0):
