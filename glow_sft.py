@@ -698,16 +698,8 @@ def train(cfg, on_step=None):
     if resuming:
         state = load_trainer_state(out, optimizer, scheduler)
         print(f"resumed {out} at epoch {state['epoch']}, step {state['step_in_epoch']} of {steps_per_epoch}")
-        # Drop log lines written after the checkpoint (a crash between a log line and a save).
-        rows = [x for x in open(log_path)] if os.path.exists(log_path) else []
-        with open(log_path, "w") as f:
-            f.writelines(r for r in rows if json.loads(r)["step"] <= state["global_step"])
-    else:
-        for name in ("log.jsonl", "eval.json"):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        with open(os.path.join(out, "args.json"), "w") as f:
-            json.dump({k: v for k, v in cfg.items() if k != "resume"}, f, indent=1)
+    # Fresh: clear an old run's files, write args.json. Resumed: drop log lines past the checkpoint.
+    grpo.prepare_out_dir(out, cfg, state["global_step"] if resuming else None, ("log.jsonl", "eval.json"))
     history = state["loss_history"]
     hp = {k: cfg[k] for k in ("weighting", "alpha", "beta", "w_min", "w_max", "glow_offset", "micro_batch_size",
                               "grad_clip")}

@@ -720,6 +720,26 @@ def load_trainer_state(out, optimizer):
     return state["step"], state["extra"]
 
 
+def prepare_out_dir(out, cfg, resumed_step=None, run_files=("log.jsonl",)):
+    """A fresh run deletes the `run_files` an old run left and writes args.json. A resumed run drops the
+    log lines past its checkpoint (written between the last save and a crash), so no step is logged twice.
+    glow_sft.py prepares its folders the same way."""
+    for name in run_files:
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            continue
+        if resumed_step is None:
+            os.remove(path)
+        elif name.endswith(".jsonl"):
+            with open(path) as f:
+                rows = [line for line in f if json.loads(line)["step"] <= resumed_step]
+            with open(path, "w") as f:
+                f.writelines(rows)
+    if resumed_step is None:
+        with open(os.path.join(out, "args.json"), "w") as f:
+            json.dump({k: v for k, v in cfg.items() if k != "resume"}, f, indent=1)
+
+
 def seed_everything(s):
     random.seed(s)
     np.random.seed(s)
@@ -807,12 +827,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     if resuming:
         start_step, extra = load_trainer_state(out, optimizer)
         print(f"resumed from {out}/checkpoint at step {start_step}")
-    else:
-        for name in ("log.jsonl", "samples.jsonl"):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        with open(os.path.join(out, "args.json"), "w") as f:
-            json.dump({k: v for k, v in cfg.items() if k != "resume"}, f, indent=1)
+    prepare_out_dir(out, cfg, start_step if resuming else None, ("log.jsonl", "samples.jsonl"))
+    if not resuming:
         if cfg["eval_games"]:
             extra["before"] = evaluate_fn(model, tokenizer, opp)
             print("before:", format_rates(extra["before"]))
