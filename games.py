@@ -33,7 +33,7 @@ A callable opponent gets a full prompt from its own seat and must reply "<answer
 
 Compact observations, for a tiny character-level model (a bad answer puts a line "invalid" first):
     matrix     "you:p1\n3,3 0,5\n5,0 1,1"              role, then rows of "P1 payoff,P2 payoff"
-    tictactoe  "x.o\n.x.\n..o\nyou:x"                  the board, then your mark
+    tictactoe  "you:x\nx.o\n.x.\n..o"                  your mark, then the board (last, see TicTacToeEnv)
     spy        "you:2 word:tea\n1:leaf\n2:\n3:\n4:\nsay"  seat and word, clues per seat, "say"/"vote"
     arith      "(7+5)*2-3=?"                            the expression; math_jsonl: the question
 
@@ -622,8 +622,12 @@ class TicTacToeEnv(TextEnv):
     def _board_text(self, mark, compact):
         # Full text numbers rows and columns, so the model can read coordinates off the board.
         rows = ["".join(self.board[3 * r:3 * r + 3]) for r in range(3)]
-        if compact:   # three lines of x / o / ., whose mark is yours, and the legal moves to copy from
-            return "\n".join(rows) + f"\nyou:{mark}\n" + "".join(self.legal_actions())
+        # Compact: your mark, then three lines of x / o / . The board comes LAST so that every cell sits at
+        # a fixed distance from the answer: the tiny model learns legality by looking a fixed number of
+        # tokens back. (With a list of legal moves after the board, a 0.8M model had to find and copy a
+        # move from a list of varying length; it still played 35% illegal moves after 800 warm-start steps.)
+        if compact:
+            return f"you:{mark}\n" + "\n".join(rows)
         grid = ["    1 2 3"] + [f" {r + 1}  " + " ".join(rows[r]) for r in range(3)]
         return (f"You play \"{mark}\", your opponent plays \"{_other(mark)}\".\n"
                 "Board (rows numbered on the left, columns on top):\n" + "\n".join(grid))

@@ -296,10 +296,11 @@ def test_tictactoe_compact_observation():
     env = make_env("tictactoe", compact=True)
     obs = env.reset(seed=0)
     lines = obs.split("\n")
-    assert len(lines) == 5 and all(re.fullmatch(r"[xo.]{3}", line) for line in lines[:3])
-    assert lines[3] in ("you:x", "you:o")
-    # the legal moves, in the answer format, one per empty cell
-    assert lines[4] == "".join(env.legal_actions()) and lines[4].count("(") == "".join(lines[:3]).count(".")
+    # your mark first, the board last (each cell at a fixed distance from the answer)
+    assert len(lines) == 4 and lines[0] == f"you:{env.mark}"
+    assert all(re.fullmatch(r"[xo.]{3}", line) for line in lines[1:])
+    assert "".join(lines[1:]) == "".join(env.board)
+    assert "".join(lines[1:]).count(".") == len(env.legal_actions())
 
 
 def test_tictactoe_callable_opponent_errors_after_its_tries():

@@ -139,8 +139,11 @@ def test_tiny_roundtrip_through_from_pretrained(tmp_path):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok2(text, add_special_tokens=False)["input_ids"] == ids
     assert tok2.decode(ids) == text
-    # the tags are single tokens; any other text is one token per byte and decodes back exactly
+    # the tags and the nine TicTacToe moves are single tokens; any other text is one token per byte
     assert len(tok2("<answer>", add_special_tokens=False)["input_ids"]) == 1
+    moves = tok2("".join(grpo.TINY_MOVES), add_special_tokens=False)["input_ids"]
+    assert len(moves) == 9 and len(set(moves)) == 9 and tok2.decode(moves) == "".join(grpo.TINY_MOVES)
+    assert len(tok2("(4,1)", add_special_tokens=False)["input_ids"]) == 5      # not a move: five bytes
     odd = "héllo\n\n  wörld ☃ 12"
     assert len(tok2(odd, add_special_tokens=False)["input_ids"]) == len(odd.encode("utf-8"))
     assert tok2.decode(tok2(odd, add_special_tokens=False)["input_ids"]) == odd
