@@ -26,9 +26,9 @@ What we simplified (and why):
   - We keep the token ids that were sampled; GIFT's code re-tokenises the reformatted text instead
     (gift.md 5.1). Ours is the cleaner choice: the ratio is always computed on what was sampled.
 
-Run:  python grpo.py                        # tiny model, TicTacToe vs random, 2 CPU cores (see README for
-                                            # what it reaches: it does NOT yet reach the issue's target)
-      python grpo.py --game matrix          # the nine classic matrix games: 25.5% -> 49.5% in 60 steps
+Run:  python grpo.py                        # tiny model, TicTacToe vs random, 2 CPU cores, 7.8 min:
+                                            # greedy wins 52.5% -> 74.5%, losses 38.5% -> 18.0% (README)
+      python grpo.py --game matrix --lr 2e-4  # the nine classic matrix games (README: at 5e-4 it collapses)
       python grpo.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --group-size 16 --lr 1e-6 \
           --eps-high 0.28 --filter-ratio 0.25 --max-new-tokens 600 --num-groups 8 --micro-batch-size 4
 """

@@ -5,6 +5,7 @@ The numbers in the comments are worked by hand; the code must reproduce them to 
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,3 +328,17 @@ def test_end_to_end_cli_writes_logs_and_checkpoint(tmp_path, tiny, monkeypatch, 
     assert os.path.exists(out / "samples.jsonl")
     printed = capsys.readouterr().out
     assert "before" in printed and "after" in printed
+
+
+# -----------------------------------------------------------------------------
+# benchmarks/grpo_vs_trl.py: TRL is not a dependency; without it the script explains and exits 0
+def test_trl_benchmark_without_trl_says_how_to_install(monkeypatch, capsys):
+    import importlib.util
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parent.parent / "benchmarks" / "grpo_vs_trl.py"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real_find_spec(name, *a))
+    assert bench["main"]([]) == 0
+    out = capsys.readouterr().out
+    assert "pip install trl==1.16.0" in out and "benchmarks/grpo_vs_trl.py" in out
