@@ -75,7 +75,7 @@ minibatches = 1              # optimiser steps per PPO epoch (the batch is split
 micro_batch_size = 64        # episodes per forward/backward; gradients are accumulated over a step
 temperature = 1.0            # sampling temperature for rollouts; GIFT trains at 1.0
 top_p = 1.0                  # nucleus sampling; 1.0 = off (GIFT)
-max_new_tokens = 24          # per turn; the tiny model answers "<answer>(2,3)</answer>" in 8 tokens; GIFT 600
+max_new_tokens = 24          # per turn; the tiny model answers "<answer>(2,3)</answer>" in 4 tokens; GIFT 600
 eval_games = 200             # games before and after training (empty board, random first player)
 eval_every = 0               # also evaluate every N steps (0 = only before and after)
 save_every = 50              # checkpoint every N steps (and always on Ctrl-C and at the end)
