@@ -657,7 +657,10 @@ def env_options_for(game_name, tokenizer, opponent_obj, training):
 # group has zero reward variance, and GRPO has nothing to learn from. An instruct model starts with the
 # format; our tiny model gets it from a short supervised pass on transcripts of random LEGAL play:
 #     loss = - mean over answer tokens of log pi(y_t | y_<t)
-# It learns the format and the legal moves, not the strategy: it starts at random play's win rate.
+# It learns the format and the legal moves, not the strategy. Sampled at T = 1 it plays about like the
+# random bot; its greedy move (the most frequent move of random play in that position) happens to win
+# 52.5% of our evaluation games against 43.9% for random legal play (measured, README). ensure_tiny runs two
+# phases: TicTacToe alone, then every game (see WARM_GAMES).
 def bot_transcripts(tokenizer, game_names, n, seed):
     rng = random.Random(seed)
     episodes = []
