@@ -589,7 +589,7 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
         ent_mean = (entropy * mb_mask).sum() / batch_tokens
         (loss - cfg["entropy_coef"] * ent_mean).backward()
         totals["loss"] += float(loss.detach())
-        totals["entropy"] += float(ent_mean)
+        totals["entropy"] += float(ent_mean.detach())
         share = stats["tokens"] / float(batch_tokens)
         for k in ("kl", "clip_low", "clip_high", "ratio"):
             totals[k] += stats[k] * share

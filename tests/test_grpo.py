@@ -72,7 +72,7 @@ def test_loss_types_hand_computed(loss_type, expected):
     logps, old, adv, mask = loss_example()
     loss, stats = grpo.grpo_loss(logps, old, adv, mask, eps_low=0.2, eps_high=0.28, loss_type=loss_type,
                                  max_completion_length=4)
-    assert abs(float(loss) - expected) < 1e-6
+    assert abs(float(loss.detach()) - expected) < 1e-6
     # one of five tokens is clipped from below (ratio 0.5, A < 0), one from above (1.5, A > 0)
     assert stats["clip_low"] == pytest.approx(0.2) and stats["clip_high"] == pytest.approx(0.2)
     assert stats["ratio"] == pytest.approx(1.0)  # (1.5 + 1 + 0.5 + 1 + 1) / 5
@@ -96,7 +96,7 @@ def test_k3_kl_hand_computed():
     loss, stats = grpo.grpo_loss(logps, old, adv, mask, ref_logps=torch.zeros(2, 3), beta=0.1,
                                  eps_low=0.2, eps_high=0.28, loss_type="bnpo")
     assert stats["kl"] == pytest.approx((0.072132 + 0.306853) / 5, abs=1e-6)
-    assert float(loss) == pytest.approx(-0.176 + 0.1 * (0.072132 + 0.306853) / 5, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(-0.176 + 0.1 * (0.072132 + 0.306853) / 5, abs=1e-6)
     with pytest.raises(ValueError):
         grpo.grpo_loss(logps, old, adv, mask, beta=0.1)
 
