@@ -31,7 +31,7 @@ Options (all envs also take compact=False):
     math_jsonl  path (required)
 A callable opponent gets a full prompt from its own seat and must reply "<answer>...</answer>".
 
-Compact observations, for a tiny character-level model (a bad answer puts a line "invalid" first):
+Compact observations, for a tiny byte-level model (a bad answer puts a line "invalid" first):
     matrix     "you:p1\n3,3 0,5\n5,0 1,1"              role, then rows of "P1 payoff,P2 payoff"
     tictactoe  "you:x\nx.o\n.x.\n..o"                  your mark, then the board (last, see TicTacToeEnv)
     spy        "you:2 word:tea\n1:leaf\n2:\n3:\n4:\nsay"  seat and word, clues per seat, "say"/"vote"
@@ -48,7 +48,7 @@ What we simplified or changed vs GIFT (and why), one line each:
 - MATH is replaced by "arith": seeded multi-step integer word problems a tiny model can learn. An
   "ood" split differs in kind: new wordings and nouns, exact division (never seen in train), 2 more
   steps, bigger numbers. "math_jsonl" reads real problems from a file of question/answer lines.
-- Every env has compact=True: a very short observation for a tiny character-level model.
+- Every env has compact=True: a very short observation for a tiny byte-level model.
 
 Run:  python games.py demo                                   # one bot-vs-bot episode per game
       python games.py play tictactoe --opponent minimax      # you play, in the terminal

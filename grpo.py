@@ -104,15 +104,15 @@ WARM_LR = 2e-3               # behaviour-cloning learning rate of phase 1; phase
 #
 # `load_policy` is the only way a model gets into this codebase: AutoModelForCausalLM /
 # AutoTokenizer.from_pretrained on a hub name or a local directory. The embedded default "tiny" is
-# built in code once (a character-level tokenizer and a small Qwen2-architecture model), saved with
+# built in code once (a byte-level tokenizer and a small Qwen2-architecture model), saved with
 # save_pretrained, and from then on loaded through exactly the same from_pretrained call.
 #
-# Why a character-level tokenizer: nothing can be downloaded here, so we cannot borrow Qwen's
+# Why a byte-level tokenizer: nothing can be downloaded here, so we cannot borrow Qwen's
 # vocabulary. Ours is Qwen2's own tokenizer design -- byte-level BPE -- with an EMPTY merge list: every
 # byte is one token, so any text (unicode too) encodes, and transformers' Qwen2Tokenizer rebuilds it
 # identically when from_pretrained sees model_type "qwen2" (transformers 5 re-creates the tokenizer
 # from the model type; a tokenizer of another design would silently lose its newlines there -- a test
-# guards this). The chat markers and the four format tags are single tokens, as in real chat tokenizers.
+# guards this). The chat markers, the four format tags and the nine TicTacToe moves are single tokens.
 TINY_SPECIAL = ["<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 TINY_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 # One token per TicTacToe move, as a real BPE vocabulary has one token for a frequent string: each turn's
@@ -219,7 +219,7 @@ def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
 
 
 def is_tiny(tokenizer):
-    """True for our character-level tokenizer: its environments use compact observations."""
+    """True for our byte-level tiny tokenizer: its environments use compact observations."""
     return tokenizer.chat_template == TINY_CHAT_TEMPLATE
 
 
