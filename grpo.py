@@ -97,6 +97,7 @@ WARM_GAMES = ("tictactoe", "matrix", "tictactoe", "arith", "tictactoe", "spy")
 WARM_STEPS = 400             # behaviour-cloning steps of EACH phase (section 10)
 WARM_BATCH = 32              # episodes per behaviour-cloning step
 WARM_LR = 2e-3               # behaviour-cloning learning rate of phase 1; phase 2 uses half
+TINY_RECIPE_VERSION = 2      # bump when the tokenizer, observations or warm start change: old caches rebuild
 
 
 # -----------------------------------------------------------------------------
@@ -194,11 +195,17 @@ def load_policy(name_or_path, device="cpu", dtype=None):
 
 def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
     """Build + warm-start the tiny model into `path` unless it is already there; returns the path."""
+    stamp = os.path.join(path, "tiny_recipe.json")
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            if json.load(f).get("version") == TINY_RECIPE_VERSION:
+                return path
     if os.path.exists(os.path.join(path, "config.json")):
-        return path
+        # A tiny model from an older recipe (other observations, other tokens) would silently play badly.
+        print(f"[tiny] {path} holds an older tiny model (recipe != {TINY_RECIPE_VERSION}); rebuilding it")
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed)
-    print(f"[tiny] building the warm-started tiny model in {path} (once; a few minutes) ...")
+    print(f"[tiny] building the warm-started tiny model in {path} (once; about 7 minutes on 2 cores) ...")
     # Phase 1, TicTacToe alone: with other games in the batch, the jump from "any move" to "a legal move"
     # came later than 750 steps (measured); alone it comes after about 300.
     if "tictactoe" in game_names:
@@ -210,6 +217,9 @@ def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
     tmp = f"{path}.tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "tiny_recipe.json"), "w") as f:
+        json.dump({"version": TINY_RECIPE_VERSION, "steps_per_phase": steps, "seed": seed,
+                   "games": list(game_names)}, f)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(path):
         import shutil

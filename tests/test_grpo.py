@@ -342,3 +342,16 @@ def test_trl_benchmark_without_trl_says_how_to_install(monkeypatch, capsys):
     assert bench["main"]([]) == 0
     out = capsys.readouterr().out
     assert "pip install trl==1.16.0" in out and "benchmarks/grpo_vs_trl.py" in out
+
+
+def test_ensure_tiny_rebuilds_a_cache_from_an_older_recipe(tmp_path):
+    # An old cache: a model folder without the recipe stamp (as every tiny before recipe 2 was).
+    (tmp_path / "config.json").write_text("{}")
+    grpo.ensure_tiny(str(tmp_path), steps=2, game_names=("tictactoe",))
+    stamp = json.loads((tmp_path / "tiny_recipe.json").read_text())
+    assert stamp["version"] == grpo.TINY_RECIPE_VERSION and stamp["steps_per_phase"] == 2
+    model, tok = grpo.load_policy(str(tmp_path))                      # a real model now
+    assert len(tok) == model.config.vocab_size and "(2,3)" in tok.get_vocab()
+    mtime = (tmp_path / "config.json").stat().st_mtime
+    grpo.ensure_tiny(str(tmp_path), steps=2, game_names=("tictactoe",))   # current recipe: kept as is
+    assert (tmp_path / "config.json").stat().st_mtime == mtime
