@@ -620,7 +620,6 @@ class TicTacToeEnv(TextEnv):
         return self._board_text(self.mark, self.compact)
 
     def _board_text(self, mark, compact):
-        # Full text numbers rows and columns, so the model can read coordinates off the board.
         rows = ["".join(self.board[3 * r:3 * r + 3]) for r in range(3)]
         # Compact: your mark, then three lines of x / o / . The board comes LAST so that every cell sits at
         # a fixed distance from the answer: the tiny model learns legality by looking a fixed number of
@@ -628,6 +627,7 @@ class TicTacToeEnv(TextEnv):
         # move from a list of varying length; it still played 35% illegal moves after 800 warm-start steps.)
         if compact:
             return f"you:{mark}\n" + "\n".join(rows)
+        # Full text numbers rows and columns, so the model can read coordinates off the board.
         grid = ["    1 2 3"] + [f" {r + 1}  " + " ".join(rows[r]) for r in range(3)]
         return (f"You play \"{mark}\", your opponent plays \"{_other(mark)}\".\n"
                 "Board (rows numbered on the left, columns on top):\n" + "\n".join(grid))
