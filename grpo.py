@@ -566,6 +566,19 @@ def micro_slices(n, size):
     return [slice(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def bf16_autocast(device, enabled):
+    """bf16 autocast on CUDA when `enabled` (--bf16), else a no-op context.
+
+    Every forward pass of a step runs under the same context -- rollout, old and reference log-probs,
+    the training forward -- so that the PPO ratio compares log-probs of the same precision: old
+    log-probs in fp32 against training log-probs in bf16 would make the ratio differ from 1 by rounding
+    alone. On an H200 it also makes generation 1.6-1.8x faster than fp32 (benchmarks/gpu_steps.py).
+    """
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None, ref_logps=None,
                          step_tokens=None):
     """Forward/backward over micro-batches; leaves the summed gradient in .grad. Returns merged stats.
@@ -581,14 +594,12 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
     # dapo normalises by the tokens of the whole generation step; grpo/bnpo/dr_grpo by this batch.
     norm_tokens = step_tokens if (cfg["loss_type"] == "dapo" and step_tokens) else batch_tokens
     totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio": 0.0}
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.get("bf16")
-                else contextlib.nullcontext())
     for sl in micro_slices(num_sequences, cfg["micro_batch_size"]):
         # Trim the right padding of this micro-batch: nothing to compute past its longest sequence.
         width = int(attn[sl].sum(1).max())
         mb_ids, mb_attn = ids[sl, :width].to(device), attn[sl, :width].to(device)
         mb_mask = target_mask[sl, :width - 1].to(device)
-        with autocast:
+        with bf16_autocast(device, cfg.get("bf16")):
             logps, entropy = token_logps_and_entropy(model, mb_ids, mb_attn, cfg["temperature"])
         old = old_logps[sl, :width - 1].to(device) if old_logps is not None else logps.detach()
         ref = ref_logps[sl, :width - 1].to(device) if ref_logps is not None else None
@@ -613,7 +624,8 @@ def batch_logps(model, ids, attn, cfg):
     device = next(model.parameters()).device
     outs = []
     for sl in micro_slices(ids.shape[0], cfg["micro_batch_size"]):
-        logps, _ = token_logps_and_entropy(model, ids[sl].to(device), attn[sl].to(device), cfg["temperature"])
+        with bf16_autocast(device, cfg.get("bf16")):
+            logps, _ = token_logps_and_entropy(model, ids[sl].to(device), attn[sl].to(device), cfg["temperature"])
         outs.append(logps.cpu())
     return torch.cat(outs)
 
@@ -871,8 +883,9 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
             envs = make_envs(step, tokenizer, opp)
             flat_seeds = [s for s in seeds for _ in range(cfg["group_size"])]
             flat_groups = [g for g in range(cfg["num_groups"]) for _ in range(cfg["group_size"])]
-            episodes = rollout(model, tokenizer, envs, flat_seeds, flat_groups, cfg["temperature"], cfg["top_p"],
-                               cfg["max_new_tokens"], sys_prompt)
+            with bf16_autocast(device, cfg["bf16"]):
+                episodes = rollout(model, tokenizer, envs, flat_seeds, flat_groups, cfg["temperature"], cfg["top_p"],
+                                   cfg["max_new_tokens"], sys_prompt)
             t_roll = time.time() - t0
             # 2-4. rewards, advantages, filtering
             rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)   # (N,)
@@ -994,7 +1007,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                    help="weights dtype; bfloat16 halves memory for 7B models on one GPU (default: float32)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for forward passes on CUDA")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for every forward pass (rollout and training) on CUDA")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in backward: less memory, ~30%% more time")
     p.add_argument("--system-prompt", default=None, help="system message for real chat models (tiny uses none)")

@@ -362,7 +362,7 @@ def task_gradients(model, ids, attn, mask, labels, advantages, cfg, n_tasks, wit
         width = int(attn[sl].sum(1).max())
         mb_mask = target[sl, :width - 1].to(device)
         mb_labels = target_labels[sl, :width - 1].to(device)
-        with torch.set_grad_enabled(with_grads):
+        with torch.set_grad_enabled(with_grads), grpo.bf16_autocast(device, cfg.get("bf16")):
             logps, entropy = grpo.token_logps_and_entropy(model, ids[sl, :width].to(device),
                                                           attn[sl, :width].to(device), cfg["temperature"])
         for t in range(n_tasks):

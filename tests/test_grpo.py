@@ -355,3 +355,25 @@ def test_ensure_tiny_rebuilds_a_cache_from_an_older_recipe(tmp_path):
     mtime = (tmp_path / "config.json").stat().st_mtime
     grpo.ensure_tiny(str(tmp_path), steps=2, game_names=("tictactoe",))   # current recipe: kept as is
     assert (tmp_path / "config.json").stat().st_mtime == mtime
+
+
+# -----------------------------------------------------------------------------
+# benchmarks/gpu_steps.py: the published architectures, and the script end to end on a CPU stand-in
+def test_gpu_benchmark_builds_the_published_qwen_sizes_and_runs_on_cpu(tmp_path):
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_steps.py"))
+    # Parameter counts of Qwen2.5-0.5B and -1.5B as published (tied embeddings), built on the meta device.
+    for size, published in (("0.5b", 494_032_768), ("1.5b", 1_543_714_304)):
+        model = bench["build_model"](size, "meta", torch.float32, 0)
+        assert sum(p.numel() for p in model.parameters()) == published
+    out = tmp_path / "g.json"
+    bench["main"](["--sizes", "test", "--device", "cpu", "--cases", "grpo,sft,ratio", "--num-groups", "2",
+                   "--group-size", "2", "--prompt-len", "6", "--completion-len", "4", "--sft-batch", "2",
+                   "--sft-len", "8", "--repeats", "1", "--out", str(out)])
+    grpo_r, sft_r, ratio_r = json.loads(out.read_text())["results"]
+    assert grpo_r["episodes"] == 4
+    assert grpo_r["update_tok_per_s"] * grpo_r["update_s"] == pytest.approx(4 * (6 + 4))
+    assert sft_r["tok_per_s"] * sft_r["step_s"] == pytest.approx(2 * 8)
+    # On the CPU autocast is off: old and training log-probs are the same computation, ratio exactly 1.
+    assert ratio_r["old_fp32_max_abs_ratio_minus_1"] == 0.0 and ratio_r["old_bf16_max_abs_ratio_minus_1"] == 0.0
