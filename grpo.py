@@ -64,6 +64,8 @@ group_size = 16              # G: games per start state; GIFT uses 16 (8 measure
 filter_ratio = 1.0           # StarPO* keeps this top fraction of groups by reward std; GIFT uses 0.25
 lr = 7e-4                    # AdamW learning rate; GIFT (verl default) uses 1e-6 for 1.5B/7B models
 weight_decay = 0.0           # AdamW weight decay; verl uses 0.01
+warmup_steps = 0             # linear learning-rate warm-up over the first N steps; verl's default is 0
+lr_decay = "none"            # none | cosine: after warm-up, keep lr (verl's constant default) or decay it to 0
 grad_clip = 1.0              # max global grad norm (verl default 1.0)
 eps_low = 0.2                # PPO clip below 1 ...
 eps_high = 0.28              # ... and above 1: DAPO's "clip-higher", GIFT App. B.3 uses 0.2 / 0.28
@@ -821,6 +823,25 @@ def step_metrics(episodes, kept, group_size_, adv):
     return m
 
 
+# The learning rate of step s (0-based) of S, with W warm-up steps:
+#     lr(s) = lr * (s + 1) / W                                    s < W
+#     lr(s) = lr * 0.5 * (1 + cos(pi * (s - W) / (S - W)))        s >= W, --lr-decay cosine
+#     lr(s) = lr                                                  s >= W, --lr-decay none
+# A pure function of the step, not a scheduler object: --resume gets it right with no state to save.
+# Why warm up at all: Adam's first updates have size ~lr in EVERY coordinate, whatever the gradient's
+# scale (m / sqrt(v) = +-1 when one gradient has been seen), so a first step can move the policy far.
+LR_DECAYS = ("none", "cosine")
+
+
+def lr_at(step, cfg):
+    warmup, total = cfg.get("warmup_steps", 0), cfg["steps"]
+    if step < warmup:
+        return cfg["lr"] * (step + 1) / warmup
+    if cfg.get("lr_decay", "none") == "cosine":
+        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return cfg["lr"]
+
+
 def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     """cfg: a dict of the hyperparameters above (see main() for the CLI). Returns (before, after).
 
@@ -899,6 +920,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
             old = batch_logps(model, ids, attn, cfg) if cfg["num_iterations"] > 1 else None
             ref = batch_logps(ref_model, ids, attn, cfg) if ref_model is not None else None
             step_tokens = mask[:, 1:].sum()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
             model.train()
             for _ in range(cfg["num_iterations"]):
                 for sl in micro_slices(len(batch), math.ceil(len(batch) / cfg["minibatches"])):
@@ -962,6 +985,8 @@ HELP = {
     "filter_ratio": "StarPO*: keep this top fraction of groups by reward std (1.0 = off; paper 0.25)",
     "lr": "AdamW learning rate (paper 1e-6 for 1.5B/7B)",
     "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up over the first N steps (0 = off)",
+    "lr_decay": "none | cosine: after warm-up, keep the learning rate or decay it to 0 at the last step",
     "grad_clip": "max global gradient norm",
     "eps_low": "PPO clip range below 1",
     "eps_high": "PPO clip range above 1 (clip-higher; paper 0.28)",
@@ -1001,7 +1026,7 @@ def parse_args(argv=None):
     for key, text in HELP.items():
         kind = type(d[key])
         choices = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"),
-                   "game": games.ENV_NAMES}.get(key)
+                   "game": games.ENV_NAMES, "lr_decay": LR_DECAYS}.get(key)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, choices=choices,
                        help=f"{text} (default: {d[key]})")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")

@@ -377,3 +377,13 @@ def test_gpu_benchmark_builds_the_published_qwen_sizes_and_runs_on_cpu(tmp_path)
     assert sft_r["tok_per_s"] * sft_r["step_s"] == pytest.approx(2 * 8)
     # On the CPU autocast is off: old and training log-probs are the same computation, ratio exactly 1.
     assert ratio_r["old_fp32_max_abs_ratio_minus_1"] == 0.0 and ratio_r["old_bf16_max_abs_ratio_minus_1"] == 0.0
+
+
+def test_learning_rate_schedule_hand_values():
+    cfg = dict(lr=1.0, steps=10, warmup_steps=2, lr_decay="cosine")
+    # warm-up: (s + 1) / W; then 0.5 * (1 + cos(pi * (s - 2) / 8))
+    assert [grpo.lr_at(s, cfg) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert grpo.lr_at(6, cfg) == pytest.approx(0.5, abs=1e-12)       # half way through the decay
+    assert grpo.lr_at(9, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)), abs=1e-12)
+    assert [grpo.lr_at(s, dict(cfg, lr_decay="none")) for s in (0, 5, 9)] == [0.5, 1.0, 1.0]
+    assert grpo.lr_at(0, dict(lr=3e-4, steps=5)) == 3e-4                # old configs: no warm-up, constant
