@@ -64,7 +64,7 @@ group_size = 16              # G: games per start state; GIFT uses 16 (8 measure
 filter_ratio = 1.0           # StarPO* keeps this top fraction of groups by reward std; GIFT uses 0.25
 lr = 7e-4                    # AdamW learning rate; GIFT (verl default) uses 1e-6 for 1.5B/7B models
 weight_decay = 0.0           # AdamW weight decay; verl uses 0.01
-warmup_steps = 0             # linear learning-rate warm-up over the first N steps; verl's default is 0
+lr_warmup_steps = 0          # linear learning-rate warm-up over the first N steps; verl's default is 0
 lr_decay = "none"            # none | cosine: after warm-up, keep lr (verl's constant default) or decay it to 0
 grad_clip = 1.0              # max global grad norm (verl default 1.0)
 eps_low = 0.2                # PPO clip below 1 ...
@@ -834,7 +834,7 @@ LR_DECAYS = ("none", "cosine")
 
 
 def lr_at(step, cfg):
-    warmup, total = cfg.get("warmup_steps", 0), cfg["steps"]
+    warmup, total = cfg.get("lr_warmup_steps", 0), cfg["steps"]
     if step < warmup:
         return cfg["lr"] * (step + 1) / warmup
     if cfg.get("lr_decay", "none") == "cosine":
@@ -985,7 +985,7 @@ HELP = {
     "filter_ratio": "StarPO*: keep this top fraction of groups by reward std (1.0 = off; paper 0.25)",
     "lr": "AdamW learning rate (paper 1e-6 for 1.5B/7B)",
     "weight_decay": "AdamW weight decay",
-    "warmup_steps": "linear learning-rate warm-up over the first N steps (0 = off)",
+    "lr_warmup_steps": "linear learning-rate warm-up over the first N steps (0 = off)",
     "lr_decay": "none | cosine: after warm-up, keep the learning rate or decay it to 0 at the last step",
     "grad_clip": "max global gradient norm",
     "eps_low": "PPO clip range below 1",

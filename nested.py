@@ -27,13 +27,14 @@ What we simplified or chose (and why), one line each:
   - No marker between sub-tasks by default (GIFT shows none): the next observation simply starts.
   - Warm-up (GIFT App. B.3, unspecified there) is a separate mixed grpo.train run whose checkpoint
     the nested run starts from; the optimiser state starts afresh at the switch.
-  - Evaluation samples at T = 0.5 as GIFT does, with a fixed torch seed, on start states 10_000+i.
-    Greedy play (grpo.py's convention) is a poor probe of the tiny model: its most likely TicTacToe
-    move is often illegal, and it repeats it until the turns run out.
+  - Evaluation samples at T = 0.5 as GIFT does, with a fixed torch seed, on start states 10_000+i
+    (grpo.py evaluates greedily instead).
+  - The learning rate is 2e-4, not grpo.py's 7e-4: the matrix task collapses at higher rates (every
+    answer invalid within 5 steps; README "Nested versus mixed"). GIFT uses 1e-6 for its 1.5B model.
 
 Run:  python nested.py                      # I2 = matrix+tictactoe: base, single-*, mixed, nested; 3 seeds
-                                            # (25 min measured on 2 CPU cores shared with other jobs)
-      python nested.py --quick              # the same, 2 seeds, a smaller budget (6 min measured, ditto)
+                                            # (11.0 min measured on 2 CPU cores shared with other jobs)
+      python nested.py --quick              # the same, 2 seeds, a smaller budget
       python nested.py --setting F+I2 --num-groups 6   # arith -> matrix -> tictactoe (paper's order)
       python nested.py --setting I2 --order tictactoe,matrix --modes nested   # the order ablation
       python nested.py --setting F+I3 --warmup-steps 10 --joint min           # warm-up, strict AND
@@ -71,6 +72,7 @@ steps = 20                   # optimiser steps per run; GIFT runs 100-300 (gift.
 num_groups = 8               # MIXED groups per step (a multiple of K); nested uses num_groups / K
 group_size = 6               # G: episodes per group; GIFT uses 16
 filter_ratio = 1.0           # StarPO* top fraction of groups by reward std; GIFT 0.25 (see --help)
+lr = 2e-4                    # AdamW learning rate; grpo.py's 7e-4 collapses the matrix task; GIFT 1e-6
 out_dir = "runs/nested"      # <out_dir>/<setting>/<row>/seed<s>/ holds one grpo.train run each
 
 micro_batch_size = group_size  # episodes per forward/backward = one group: grpo trims the padding of each
@@ -763,7 +765,7 @@ OWN_HELP = {
 NOT_FROM_GRPO = ("game", "out_dir", "eval_games", "eval_every", "seed")
 # grpo.py defaults that differ for this experiment (the rest are grpo.py's own).
 GRPO_OVERRIDES = dict(steps=steps, num_groups=num_groups, group_size=group_size, filter_ratio=filter_ratio,
-                      micro_batch_size=micro_batch_size, save_every=SAVE_EVERY)
+                      lr=lr, micro_batch_size=micro_batch_size, save_every=SAVE_EVERY)
 # grpo.py flags whose meaning is more specific here.
 GRPO_HELP = {"num_groups": "MIXED groups per step, a multiple of the number of tasks K; single-task runs "
                            "play as many groups, nested runs num_groups / K groups of K-task trajectories",
@@ -786,13 +788,14 @@ def parse_args(argv=None):
     p.add_argument("--no-task-grads", action="store_true",
                    help="skip the per-task gradient norms (they cost one forward and K backwards per step)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a smaller experiment, about 6 minutes on 2 cores: {QUICK} (explicit flags still win)")
+                   help=f"a smaller experiment, about 2 minutes on 2 cores: {QUICK} (explicit flags still win)")
     d = dict(grpo.defaults(), **GRPO_OVERRIDES)
     grpo_group = p.add_argument_group("GRPO (grpo.py's flags, same meaning)")
     for key, text in grpo.HELP.items():
         if key in NOT_FROM_GRPO:
             continue
-        choices = {"loss_type": grpo.LOSS_TYPES, "scale_rewards": ("group", "batch", "none")}.get(key)
+        choices = {"loss_type": grpo.LOSS_TYPES, "scale_rewards": ("group", "batch", "none"),
+                   "lr_decay": grpo.LR_DECAYS}.get(key)
         grpo_group.add_argument("--" + key.replace("_", "-"), type=type(d[key]), default=None, choices=choices,
                                 help=f"{GRPO_HELP.get(key, text)} (default: {d[key]})")
     grpo_group.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")

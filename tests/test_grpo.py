@@ -380,7 +380,7 @@ def test_gpu_benchmark_builds_the_published_qwen_sizes_and_runs_on_cpu(tmp_path)
 
 
 def test_learning_rate_schedule_hand_values():
-    cfg = dict(lr=1.0, steps=10, warmup_steps=2, lr_decay="cosine")
+    cfg = dict(lr=1.0, steps=10, lr_warmup_steps=2, lr_decay="cosine")
     # warm-up: (s + 1) / W; then 0.5 * (1 + cos(pi * (s - 2) / 8))
     assert [grpo.lr_at(s, cfg) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert grpo.lr_at(6, cfg) == pytest.approx(0.5, abs=1e-12)       # half way through the decay
