@@ -785,7 +785,8 @@ def experiment(cfg):
     size = dict(EXPERIMENT["quick" if cfg["quick"] else "full"])
     if cfg.get("experiment_epochs"):
         size["epochs"] = cfg["experiment_epochs"]
-    root = os.path.join(cfg["out_dir"], "experiment")
+    # --quick gets its own folder, so that it never overwrites (or mixes with) a full experiment's runs.
+    root = os.path.join(cfg["out_dir"], "experiment-quick" if cfg["quick"] else "experiment")
     files = make_data(os.path.join(root, "data"), size["n_train"], size["n_test"], 0, max_operand=size["max_operand"])
     print(f"data: {root}/data ({size['n_train']} questions -> {2 * size['n_train']} trajectories)")
     t_start = time.time()

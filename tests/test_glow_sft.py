@@ -334,7 +334,7 @@ def test_experiment_writes_logs_results_and_a_table(tmp_path, monkeypatch, capsy
                         dict(n_train=8, max_operand=5, epochs=1, batch_size=8, n_test=4))
     monkeypatch.setattr(glow_sft, "max_new_tokens", 8)
     glow_sft.main(["experiment", "--quick", "--seeds", "0", "1", "--out", str(tmp_path)])
-    root = tmp_path / "experiment"
+    root = tmp_path / "experiment-quick"        # never the full experiment's folder
     results = json.load(open(root / "results.json"))["results"]
     assert set(results) == {"pos", "neg", "all", "all+GLOW"}
     # Steps match across conditions: pos/neg run 2 epochs of 8, all 1 epoch of 16.
