@@ -25,7 +25,7 @@ single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad ans
 
 Options (all envs also take compact=False):
     matrix      games="classic"|"random", transform=True, template=None|0..6
-    tictactoe   opponent="random"|"minimax"|callable, opponent_tries=3, random_start=False, max_turns=5
+    tictactoe   opponent="random"|"minimax"|"minimax:P"|callable, opponent_tries=3, random_start=False, max_turns=5
     spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
     arith       steps=2, max_operand=20, split="train"|"ood"
     math_jsonl  path (required)
@@ -578,6 +578,19 @@ TTT_INTROS = (
 )   # GIFT has 4 intros and redraws one every turn; we draw one per episode
 
 
+def _minimax_prob(opponent):
+    """P of an opponent spec "minimax:P", or None for any other opponent. A bad P is an error."""
+    if not (isinstance(opponent, str) and opponent.startswith("minimax:")):
+        return None
+    try:
+        p = float(opponent[len("minimax:"):])
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"tictactoe: opponent {opponent!r}: P in minimax:P must be a number in [0, 1]")
+    return p
+
+
 class TicTacToeEnv(TextEnv):
     """TicTacToe against a random, minimax or callable opponent. Answer "(row,col)", 1-indexed."""
     name = "tictactoe"
@@ -585,8 +598,11 @@ class TicTacToeEnv(TextEnv):
     def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
                  max_turns=TTT_MAX_TURNS, compact=False):
         super().__init__(compact)
-        if opponent not in ("random", "minimax") and not callable(opponent):
-            raise ValueError(f"tictactoe: opponent must be 'random', 'minimax' or a callable, got {opponent!r}")
+        # "minimax:P" is a noisy minimax: each reply is minimax's with probability P, else a random move.
+        self.minimax_prob = _minimax_prob(opponent)
+        if opponent not in ("random", "minimax") and self.minimax_prob is None and not callable(opponent):
+            raise ValueError(f"tictactoe: opponent must be 'random', 'minimax', 'minimax:P' (0 <= P <= 1) "
+                             f"or a callable, got {opponent!r}")
         self.opponent, self.opponent_tries = opponent, int(opponent_tries)
         self.random_start, self.max_turns = bool(random_start), int(max_turns)
 
@@ -650,9 +666,9 @@ class TicTacToeEnv(TextEnv):
     def _opponent_move(self):
         """A cell for the opponent, or None if a callable opponent failed every try."""
         moves = ttt_legal_moves(self.board)
-        if self.opponent == "random":
+        if self.opponent == "random" or (self.minimax_prob is not None and self.rng.random() >= self.minimax_prob):
             return self.rng.choice(moves)
-        if self.opponent == "minimax":
+        if self.opponent == "minimax" or self.minimax_prob is not None:
             # Perfect, and random among equally good moves so games differ between seeds.
             values = minimax_values(self.board, self.opponent_mark)
             best = max(values.values())

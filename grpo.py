@@ -57,7 +57,8 @@ import games
 # The defaults are sized for the tiny model on a 2-core CPU; the paper's values are in the comments.
 model_name = "tiny"          # "tiny" (built in code, no download), a hub name, or a local directory
 game = "tictactoe"           # which environment of games.py to train on
-opponent = "random"          # random | minimax | model:PATH | model:self | http://host:port/v1
+opponent = "random"          # random | minimax | minimax:P (minimax with prob. P) | model:PATH | model:self | http://...
+eval_opponent = ""           # the opponent of the before/after evaluation; "" = the training opponent
 steps = 200                  # optimiser steps; GIFT runs 100-300 (gift.md 3.6)
 num_groups = 8               # start states (= GRPO groups) per step; GIFT uses 8
 group_size = 16              # G: games per start state; GIFT uses 16 (8 measured worse, README)
@@ -650,8 +651,8 @@ def model_opponent(model, tokenizer, temperature=0.5, max_new=max_new_tokens):
 
 
 def make_opponent(spec, policy_path, device, dtype, max_new):
-    """--opponent: random | minimax | model:PATH | model:self | http://host:port/v1[#model-name]."""
-    if spec in ("random", "minimax", None, ""):
+    """--opponent: random | minimax | minimax:P | model:PATH | model:self | http://host:port/v1[#model-name]."""
+    if spec in ("random", "minimax", None, "") or spec.startswith("minimax:"):
         return spec or None
     if spec.startswith("http://") or spec.startswith("https://"):
         url, _, name = spec.partition("#")
@@ -861,8 +862,10 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     opp = make_opponent(cfg["opponent"], start_path, device, dtype, cfg["max_new_tokens"])
+    eval_opp = (make_opponent(cfg["eval_opponent"], start_path, device, dtype, cfg["max_new_tokens"])
+                if cfg.get("eval_opponent") else opp)
     train_opts = env_options_for(cfg["game"], tokenizer, opp, training=True)
-    eval_opts = env_options_for(cfg["game"], tokenizer, opp, training=False)
+    eval_opts = env_options_for(cfg["game"], tokenizer, eval_opp, training=False)
     # The frozen reference exists only when the KL term does (beta > 0): it costs a full model copy.
     ref_model = None
     if cfg["beta"] > 0:
@@ -888,7 +891,7 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     prepare_out_dir(out, cfg, start_step if resuming else None, ("log.jsonl", "samples.jsonl"))
     if not resuming:
         if cfg["eval_games"]:
-            extra["before"] = evaluate_fn(model, tokenizer, opp)
+            extra["before"] = evaluate_fn(model, tokenizer, eval_opp)
             print("before:", format_rates(extra["before"]))
 
     # Ctrl-C does not kill the step in flight: it sets a flag, the step finishes, we save and stop.
@@ -938,7 +941,7 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
                       "tokens_per_s": float(step_tokens) / max(1e-9, seconds - t_roll),
                       "rollout_s": t_roll, "seconds": seconds, **instruments}
             if cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0:
-                rates = evaluate_fn(model, tokenizer, opp, progress=False)
+                rates = evaluate_fn(model, tokenizer, eval_opp, progress=False)
                 record.update({f"eval_{k}": v for k, v in rates.items()})
             log_line(os.path.join(out, "log.jsonl"), record)
             if cfg["sample_every"] and (step + 1) % cfg["sample_every"] == 0:
@@ -956,7 +959,7 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     save_checkpoint(out, model, tokenizer, optimizer, cfg["steps"], extra)
     after = None
     if cfg["eval_games"]:
-        after = evaluate_fn(model, tokenizer, opp)
+        after = evaluate_fn(model, tokenizer, eval_opp)
         print("after: ", format_rates(after))
         with open(os.path.join(out, "eval.json"), "w") as f:
             json.dump({"before": extra.get("before"), "after": after}, f, indent=1)
@@ -978,7 +981,9 @@ def format_rates(rates):
 HELP = {
     "model": "tiny (built in code), a hub name, or a local directory",
     "game": f"environment to train on: {', '.join(games.ENV_NAMES)}",
-    "opponent": "random | minimax | model:PATH | model:self | http://host:port/v1#model-name",
+    "opponent": "random | minimax | minimax:P (each reply minimax's with probability P, else random) | "
+                "model:PATH | model:self | http://host:port/v1#model-name",
+    "eval_opponent": "opponent of the before/after evaluation games, same choices (empty = --opponent)",
     "steps": "optimiser steps (rollout + update) to run",
     "num_groups": "start states (GRPO groups) per step",
     "group_size": "G: games per start state",

@@ -263,6 +263,26 @@ def test_minimax_env_draws_with_itself_and_never_loses_to_random():
     assert "win" not in outcomes and "loss" in outcomes
 
 
+def test_noisy_minimax_opponent_mixes_perfect_and_random_replies():
+    # minimax:1 plays like minimax (never loses to random play); minimax:0 like random (it loses games).
+    def outcomes(spec, n=300):
+        env, rng, seen = make_env("tictactoe", opponent=spec), random.Random(2), []
+        for seed in range(n):
+            env.reset(seed)
+            done = False
+            while not done:
+                _, _, done, info = env.step(format_answer(env.random_action(rng)))
+            seen.append(info["outcome"])
+        return seen
+    perfect, noisy, random_ = outcomes("minimax:1"), outcomes("minimax:0.5"), outcomes("minimax:0")
+    assert "win" not in perfect
+    assert perfect.count("loss") > noisy.count("loss") > random_.count("loss")
+    assert random_.count("win") > noisy.count("win") > 0
+    for bad in ("minimax:2", "minimax:-0.1", "minimax:half", "minimax:"):
+        with pytest.raises(ValueError, match="minimax:P"):
+            make_env("tictactoe", opponent=bad)
+
+
 def test_tictactoe_move_parsing():
     parse = games.parse_ttt_move
     assert [parse(a) for a in ("(2,3)", "( 2 , 3 )", "2,3", "2 3", "I pick (1,1) then (3,3)")] == [5, 5, 5, 5, 0]

@@ -387,3 +387,10 @@ def test_learning_rate_schedule_hand_values():
     assert grpo.lr_at(9, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)), abs=1e-12)
     assert [grpo.lr_at(s, dict(cfg, lr_decay="none")) for s in (0, 5, 9)] == [0.5, 1.0, 1.0]
     assert grpo.lr_at(0, dict(lr=3e-4, steps=5)) == 3e-4                # old configs: no warm-up, constant
+
+
+def test_noisy_minimax_and_eval_opponent_flags():
+    assert grpo.make_opponent("minimax:0.5", None, "cpu", None, 8) == "minimax:0.5"   # handed to games.py as is
+    cfg = grpo.parse_args(["--opponent", "minimax:0.5", "--eval-opponent", "random"])
+    assert (cfg["opponent"], cfg["eval_opponent"]) == ("minimax:0.5", "random")
+    assert grpo.parse_args([])["eval_opponent"] == ""                                  # default: the same opponent
