@@ -711,7 +711,7 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=N_GAMES, help=f"episodes per game, from seeds {EVAL_SEED_BASE}, "
                    f"{EVAL_SEED_BASE + 1}, ... (default: {N_GAMES})")
     p.add_argument("--opponent", default=OPPONENT,
-                   help="TicTacToe opponent: random | minimax | model:PATH | model:self | http://host:port/v1#name. "
+                   help="TicTacToe opponent: random | minimax | minimax:P | model:PATH | model:self | http://host:port/v1#name. "
                         "A model or http opponent also plays the other Spy seats; otherwise Spy uses its clue "
                         f"bots (default: {OPPONENT})")
     p.add_argument("--bench", default=BENCH,
@@ -751,8 +751,8 @@ def parse_args(argv=None):
         p.error(str(e))
     if any(parse_task(t)[1] for t in args.games):
         import_nested()                      # fail before any model is loaded
-    if not (args.opponent in ("random", "minimax") or args.opponent.startswith(("model:", "http://", "https://"))):
-        p.error(f"--opponent: expected random, minimax, model:PATH, model:self or http://..., got {args.opponent!r}")
+    if not (args.opponent in ("random", "minimax") or args.opponent.startswith(("minimax:", "model:", "http://", "https://"))):
+        p.error(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {args.opponent!r}")
     args.bench = split_list(args.bench)
     if not args.games and not args.bench:
         p.error("nothing to evaluate: give --games and/or --bench")

@@ -662,7 +662,7 @@ def make_opponent(spec, policy_path, device, dtype, max_new):
         opp_model, opp_tok = load_policy(path, device, dtype)
         opp_model.eval().requires_grad_(False)
         return model_opponent(opp_model, opp_tok, max_new=max_new)
-    raise ValueError(f"--opponent: expected random, minimax, model:PATH, model:self or http://..., got {spec!r}")
+    raise ValueError(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {spec!r}")
 
 
 def env_options_for(game_name, tokenizer, opponent_obj, training):
