@@ -201,7 +201,13 @@ def game_report(spec, episodes):
               "success": rate_with_interval(round(rates["success"] * n), n),
               "invalid": rate_with_interval(round(rates["invalid"] * turns), turns),
               "outcomes": {k: rate_with_interval(round(v * n), n) for k, v in sorted(rates.items())
-                           if k not in ("success", "invalid", "mean_return")}}
+                           if k not in ("success", "invalid", "mean_return", "took_win", "blocked")}}
+    # TicTacToe tactics: rates over the chances (moves that could win at once / had to block), not games.
+    if "took_win" in rates:
+        count = {k: sum(ep.info.get(k, 0) for ep in episodes)
+                 for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
+        report["tactics"] = {"took_win": rate_with_interval(count["wins_taken"], count["win_chances"]),
+                             "blocked": rate_with_interval(count["blocks_made"], count["block_chances"])}
     # nested.NestedEnv already reports success = "every sub-task succeeded" (the joint metric), and
     # lists each finished sub-task in info["subtasks"], from which we read the sub-task successes.
     parts = parse_task(spec)[1]
@@ -561,7 +567,9 @@ def format_game(report):
     parts += [rate(k, v) for k, v in report.get("sub_success", {}).items()]
     parts += [f"{k} {100 * v['rate']:.1f}%" for k, v in report["outcomes"].items()]
     inv = report["invalid"]
-    return "  ".join(parts + [f"invalid {100 * inv['rate']:.1f}% of {inv['n']} turns"])
+    parts.append(f"invalid {100 * inv['rate']:.1f}% of {inv['n']} turns")
+    parts += [f"{k} {v['count']}/{v['n']}" for k, v in report.get("tactics", {}).items()]
+    return "  ".join(parts)
 
 
 def format_bench(m):

@@ -536,6 +536,11 @@ def _place(board, cell, mark):
     return tuple(board[:cell]) + (mark,) + tuple(board[cell + 1:])
 
 
+def ttt_winning_cells(board, mark):
+    """The empty cells where `mark` completes a line at once (a win to take, or a threat to block)."""
+    return [k for k in ttt_legal_moves(board) if ttt_winner(_place(board, k, mark)) == mark]
+
+
 # Perfect play by negamax: the value of a position for the player to move is
 #
 #     V(s) = +1 win, 0 draw, -1 loss;    V(s) = max over moves m of -V(s after m)
@@ -619,6 +624,7 @@ class TicTacToeEnv(TextEnv):
         self.mark = "x" if learner_first else "o"
         self.opponent_mark = _other(self.mark)
         self.board = (EMPTY,) * 9
+        self.tactics = {"win_chances": 0, "wins_taken": 0, "block_chances": 0, "blocks_made": 0}
         if self.random_start and rng.random() < 0.5:
             for mark in ("x", "o"):
                 self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), mark)
@@ -699,7 +705,17 @@ class TicTacToeEnv(TextEnv):
         elif error is None and self.board[cell] != EMPTY:
             error = f"cell {ttt_move_str(cell)} is already taken"
         if error:
-            return self._invalid(error, answer, board="".join(self.board), **extra)
+            return self._invalid(error, answer, board="".join(self.board), **extra, **self.tactics)
+        # Tactics, an instrument and not a reward: could this move win at once, and did it? If not, did
+        # the opponent threaten to win next move, and did this move block? Running counts for the game.
+        wins, threats = ttt_winning_cells(self.board, self.mark), ttt_winning_cells(self.board, self.opponent_mark)
+        if wins:
+            self.tactics["win_chances"] += 1
+            self.tactics["wins_taken"] += cell in wins
+        elif threats:
+            self.tactics["block_chances"] += 1
+            self.tactics["blocks_made"] += cell in threats
+        extra.update(self.tactics)
         self.board = _place(self.board, cell, self.mark)
         over = self._game_over(answer, {**extra, "board": "".join(self.board)})
         if over:

@@ -31,8 +31,8 @@ What we simplified or changed (and why), one line each:
   - Every condition, GLOW or not, averages a token mean per sample (as the official loss does); plain
     SFT would average over all tokens of the batch.
 
-Run:  python glow_sft.py experiment --quick            # pos/neg/all/all+GLOW x 3 seeds, a smoke test: ~6 min
-      python glow_sft.py experiment                    # the full table: 18 min on a busy 2-core machine
+Run:  python glow_sft.py experiment --quick            # pos/neg/all/all+GLOW x 3 seeds, a smoke test: 10.4 min
+      python glow_sft.py experiment                    # the full table: 24.7 min (both on a busy 2-core machine)
       python glow_sft.py make-data --out data/glow_arith
       python glow_sft.py train --train data/glow_arith/train.jsonl --data all --weighting glow \\
           --test-id data/glow_arith/test_id.jsonl --test-ood data/glow_arith/test_ood.jsonl --out runs/glow

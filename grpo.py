@@ -402,6 +402,13 @@ def summarize_outcomes(episodes):
     out["success"] = sum(bool(ep.info.get("success")) for ep in episodes) / n
     out["invalid"] = sum(ep.invalid_turns for ep in episodes) / max(1, sum(ep.turns for ep in episodes))
     out["mean_return"] = sum(ep.reward for ep in episodes) / n
+    # TicTacToe tactics (games.py): the share of chances to win at once that were taken, and of the
+    # opponent's immediate threats (with no win of our own) that were blocked.
+    if any("win_chances" in ep.info for ep in episodes):
+        total = {k: sum(ep.info.get(k, 0) for ep in episodes)
+                 for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
+        out["took_win"] = total["wins_taken"] / max(1, total["win_chances"])
+        out["blocked"] = total["blocks_made"] / max(1, total["block_chances"])
     return out
 
 
@@ -971,7 +978,8 @@ def load_policy_path(name):
 
 
 def format_rates(rates):
-    keys = [k for k in ("win", "draw", "loss", "success", "failure", "truncated", "opponent_error", "invalid")
+    keys = [k for k in ("win", "draw", "loss", "success", "failure", "truncated", "opponent_error", "invalid",
+                        "took_win", "blocked")
             if k in rates]
     return "  ".join(f"{k} {100 * rates[k]:.1f}%" for k in keys)
 

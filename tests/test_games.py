@@ -283,6 +283,39 @@ def test_noisy_minimax_opponent_mixes_perfect_and_random_replies():
             make_env("tictactoe", opponent=bad)
 
 
+def test_tictactoe_tactics_counters():
+    keys = ("win_chances", "wins_taken", "block_chances", "blocks_made")
+
+    def scripted(replies):
+        # Seed 2: the learner is x and moves first; the opponent's replies are fixed.
+        replies = iter(replies)
+        env = make_env("tictactoe", opponent=lambda prompt: format_answer(next(replies)))
+        env.reset(2)
+        assert env.mark == "x"
+        return env
+
+    env = scripted(["(2,1)", "(2,2)", "(3,3)"])
+    _, _, _, info = env.step(format_answer("(1,1)"))
+    assert [info[k] for k in keys] == [0, 0, 0, 0]
+    _, _, _, info = env.step(format_answer("(1,2)"))   # before it: no line one move from done
+    assert [info[k] for k in keys] == [0, 0, 0, 0]
+    # Board: x x . / o o . / . . . -- x can win at (1,3) and o threatens (2,3): the win counts first.
+    _, _, done, info = env.step(format_answer("(2,3)"))   # blocks, but misses the win
+    assert [info[k] for k in keys] == [1, 0, 0, 0] and not done
+    _, reward, done, info = env.step(format_answer("(1,3)"))   # the win, taken this time
+    assert (reward, done, info["outcome"]) == (1.0, True, "win")
+    assert [info[k] for k in keys] == [2, 1, 0, 0]
+
+    env = scripted(["(2,1)", "(2,2)", "(1,2)"])
+    env.step(format_answer("(1,1)"))
+    env.step(format_answer("(3,3)"))
+    # Board: x . . / o o . / . . x -- o threatens (2,3); x has no win (o holds the centre).
+    _, _, _, info = env.step(format_answer("(2,3)"))   # the block
+    assert [info[k] for k in keys] == [0, 0, 1, 1]
+    assert games.ttt_winning_cells(tuple("xx.oo...."), "x") == [2]
+    assert games.ttt_winning_cells(tuple("xx.oo...."), "o") == [5]
+
+
 def test_tictactoe_move_parsing():
     parse = games.parse_ttt_move
     assert [parse(a) for a in ("(2,3)", "( 2 , 3 )", "2,3", "2 3", "I pick (1,1) then (3,3)")] == [5, 5, 5, 5, 0]
