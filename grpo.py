@@ -1071,10 +1071,12 @@ def main(argv=None):
     minutes = (time.time() - t0) / 60
     print(f"done in {minutes:.1f} min; log: {cfg['out_dir']}/log.jsonl, model: {cfg['out_dir']}/checkpoint")
     if before and after:
-        print("\n| | " + " | ".join(k for k in after if not k.startswith("mean")) + " |")
-        print("|---" * (1 + sum(not k.startswith("mean") for k in after)) + "|")
+        # Columns: every rate of either table (an outcome may occur only before, or only after).
+        keys = [k for k in dict.fromkeys([*before, *after]) if not k.startswith("mean")]
+        print("\n| | " + " | ".join(keys) + " |")
+        print("|---" * (1 + len(keys)) + "|")
         for name, r in (("before", before), ("after", after)):
-            print(f"| {name} | " + " | ".join(f"{100 * r.get(k, 0):.1f}%" for k in after if not k.startswith("mean")) + " |")
+            print(f"| {name} | " + " | ".join(f"{100 * r.get(k, 0):.1f}%" for k in keys) + " |")
 
 
 if __name__ == "__main__":
