@@ -582,7 +582,8 @@ def bf16_autocast(device, enabled):
     Every forward pass of a step runs under the same context -- rollout, old and reference log-probs,
     the training forward -- so that the PPO ratio compares log-probs of the same precision: old
     log-probs in fp32 against training log-probs in bf16 would make the ratio differ from 1 by rounding
-    alone. On an H200 it also makes generation 1.6-1.8x faster than fp32 (benchmarks/gpu_steps.py).
+    alone. On an H200 it also makes generation 1.4x (0.5B) to 1.8x (1.5B) faster than fp32
+    (benchmarks/gpu_steps.py, README).
     """
     if enabled and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -835,7 +836,8 @@ def step_metrics(episodes, kept, group_size_, adv):
 #     lr(s) = lr * (s + 1) / W                                    s < W
 #     lr(s) = lr * 0.5 * (1 + cos(pi * (s - W) / (S - W)))        s >= W, --lr-decay cosine
 #     lr(s) = lr                                                  s >= W, --lr-decay none
-# A pure function of the step, not a scheduler object: --resume gets it right with no state to save.
+# A pure function of the step, not a scheduler object: --resume gets it right with no state to save
+# (raising --steps on resume stretches the cosine from that step on).
 # Why warm up at all: Adam's first updates have size ~lr in EVERY coordinate, whatever the gradient's
 # scale (m / sqrt(v) = +-1 when one gradient has been seen), so a first step can move the policy far.
 LR_DECAYS = ("none", "cosine")
