@@ -35,7 +35,7 @@ What we simplified or chose (and why), one line each:
     Do not confuse --lr-warmup-steps with --warmup-steps, GIFT's mixed steps before nesting.
 
 Run:  python nested.py                      # I2 = matrix+tictactoe: base, single-*, mixed, nested; 3 seeds
-                                            # (11.0 min measured on 2 CPU cores shared with other jobs)
+                                            # (12.2 min measured on 2 CPU cores shared with other jobs)
       python nested.py --quick              # the same, 2 seeds, a smaller budget
       python nested.py --setting F+I2 --num-groups 6   # arith -> matrix -> tictactoe (paper's order)
       python nested.py --setting I2 --order tictactoe,matrix --modes nested   # the order ablation
@@ -82,7 +82,7 @@ micro_batch_size = group_size  # episodes per forward/backward = one group: grpo
                              # micro-batch, and a mixed batch holds 8-token matrix answers beside
                              # 5-turn games; the gradient does not depend on it
 
-# --quick: the same experiment, smaller (2.3 min measured on 2 busy cores; the default took 11.0).
+# --quick: the same experiment, smaller (2.2 min measured on 2 busy cores; the default took 12.2).
 # Its own folder, so that a later full run does not meet a quick run's folders (run.json would refuse).
 QUICK = dict(steps=8, num_groups=4, group_size=8, lr_warmup_steps=4, eval_games=30, seeds="0,1",
              out_dir="runs/nested-quick")
