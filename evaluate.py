@@ -203,9 +203,8 @@ def game_report(spec, episodes):
               "outcomes": {k: rate_with_interval(round(v * n), n) for k, v in sorted(rates.items())
                            if k not in ("success", "invalid", "mean_return", "took_win", "blocked")}}
     # TicTacToe tactics: rates over the chances (moves that could win at once / had to block), not games.
-    if "took_win" in rates:
-        count = {k: sum(ep.info.get(k, 0) for ep in episodes)
-                 for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
+    count = grpo.tactic_counts(episodes)
+    if count:
         report["tactics"] = {"took_win": rate_with_interval(count["wins_taken"], count["win_chances"]),
                              "blocked": rate_with_interval(count["blocks_made"], count["block_chances"])}
     # nested.NestedEnv already reports success = "every sub-task succeeded" (the joint metric), and
@@ -759,8 +758,10 @@ def parse_args(argv=None):
         p.error(str(e))
     if any(parse_task(t)[1] for t in args.games):
         import_nested()                      # fail before any model is loaded
-    if not (args.opponent in ("random", "minimax") or args.opponent.startswith(("minimax:", "model:", "http://", "https://"))):
-        p.error(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {args.opponent!r}")
+    try:
+        grpo.opponent_kind(args.opponent)       # fail before any model is loaded
+    except ValueError as e:
+        p.error(str(e))
     args.bench = split_list(args.bench)
     if not args.games and not args.bench:
         p.error("nothing to evaluate: give --games and/or --bench")

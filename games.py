@@ -583,7 +583,7 @@ TTT_INTROS = (
 )   # GIFT has 4 intros and redraws one every turn; we draw one per episode
 
 
-def _minimax_prob(opponent):
+def minimax_prob(opponent):
     """P of an opponent spec "minimax:P", or None for any other opponent. A bad P is an error."""
     if not (isinstance(opponent, str) and opponent.startswith("minimax:")):
         return None
@@ -604,7 +604,7 @@ class TicTacToeEnv(TextEnv):
                  max_turns=TTT_MAX_TURNS, compact=False):
         super().__init__(compact)
         # "minimax:P" is a noisy minimax: each reply is minimax's with probability P, else a random move.
-        self.minimax_prob = _minimax_prob(opponent)
+        self.minimax_prob = minimax_prob(opponent)
         if opponent not in ("random", "minimax") and self.minimax_prob is None and not callable(opponent):
             raise ValueError(f"tictactoe: opponent must be 'random', 'minimax', 'minimax:P' (0 <= P <= 1) "
                              f"or a callable, got {opponent!r}")

@@ -404,12 +404,19 @@ def summarize_outcomes(episodes):
     out["mean_return"] = sum(ep.reward for ep in episodes) / n
     # TicTacToe tactics (games.py): the share of chances to win at once that were taken, and of the
     # opponent's immediate threats (with no win of our own) that were blocked.
-    if any("win_chances" in ep.info for ep in episodes):
-        total = {k: sum(ep.info.get(k, 0) for ep in episodes)
-                 for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
+    total = tactic_counts(episodes)
+    if total:
         out["took_win"] = total["wins_taken"] / max(1, total["win_chances"])
         out["blocked"] = total["blocks_made"] / max(1, total["block_chances"])
     return out
+
+
+def tactic_counts(episodes):
+    """TicTacToe's tactics counters summed over the episodes, or None for games that keep none."""
+    if not any("win_chances" in ep.info for ep in episodes):
+        return None
+    return {k: sum(ep.info.get(k, 0) for ep in episodes)
+            for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
 
 
 def play_games(model, tokenizer, game_name, n, seed_base=10_000, temperature=0.0, env_options=None,
@@ -658,19 +665,35 @@ def model_opponent(model, tokenizer, temperature=0.5, max_new=max_new_tokens):
     return respond
 
 
+def opponent_kind(spec):
+    """"bot", "http" or "model" for an --opponent spec; a ValueError for anything else.
+
+    Checks the spec without loading anything, so a command line can fail before any model is loaded.
+    """
+    if spec in ("random", "minimax", None, ""):
+        return "bot"
+    if spec.startswith("minimax:"):
+        games.minimax_prob(spec)                      # raises on a P outside [0, 1]
+        return "bot"
+    if spec.startswith(("http://", "https://")):
+        return "http"
+    if spec.startswith("model:"):
+        return "model"
+    raise ValueError(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {spec!r}")
+
+
 def make_opponent(spec, policy_path, device, dtype, max_new):
     """--opponent: random | minimax | minimax:P | model:PATH | model:self | http://host:port/v1[#model-name]."""
-    if spec in ("random", "minimax", None, "") or spec.startswith("minimax:"):
+    kind = opponent_kind(spec)
+    if kind == "bot":
         return spec or None
-    if spec.startswith("http://") or spec.startswith("https://"):
+    if kind == "http":
         url, _, name = spec.partition("#")
         return games.OpenAIChatOpponent(url, name or "default")
-    if spec.startswith("model:"):
-        path = policy_path if spec == "model:self" else spec[len("model:"):]
-        opp_model, opp_tok = load_policy(path, device, dtype)
-        opp_model.eval().requires_grad_(False)
-        return model_opponent(opp_model, opp_tok, max_new=max_new)
-    raise ValueError(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {spec!r}")
+    path = policy_path if spec == "model:self" else spec[len("model:"):]
+    opp_model, opp_tok = load_policy(path, device, dtype)
+    opp_model.eval().requires_grad_(False)
+    return model_opponent(opp_model, opp_tok, max_new=max_new)
 
 
 def env_options_for(game_name, tokenizer, opponent_obj, training):
@@ -1033,6 +1056,11 @@ def defaults():
 
 
 
+# The flags with a fixed set of values (nested.py offers the same flags with the same choices). --game's
+# choices are read when the parser is built, so a game registered after import (exercise 03) is accepted.
+CHOICES = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"), "lr_decay": LR_DECAYS}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1040,8 +1068,7 @@ def parse_args(argv=None):
     d = defaults()
     for key, text in HELP.items():
         kind = type(d[key])
-        choices = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"),
-                   "game": games.ENV_NAMES, "lr_decay": LR_DECAYS}.get(key)
+        choices = {**CHOICES, "game": games.ENV_NAMES}.get(key)
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, choices=choices,
                        help=f"{text} (default: {d[key]})")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")

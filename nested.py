@@ -799,8 +799,7 @@ def parse_args(argv=None):
     for key, text in grpo.HELP.items():
         if key in NOT_FROM_GRPO:
             continue
-        choices = {"loss_type": grpo.LOSS_TYPES, "scale_rewards": ("group", "batch", "none"),
-                   "lr_decay": grpo.LR_DECAYS}.get(key)
+        choices = grpo.CHOICES.get(key)
         grpo_group.add_argument("--" + key.replace("_", "-"), type=type(d[key]), default=None, choices=choices,
                                 help=f"{GRPO_HELP.get(key, text)} (default: {d[key]})")
     grpo_group.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")

@@ -394,3 +394,9 @@ def test_noisy_minimax_and_eval_opponent_flags():
     cfg = grpo.parse_args(["--opponent", "minimax:0.5", "--eval-opponent", "random"])
     assert (cfg["opponent"], cfg["eval_opponent"]) == ("minimax:0.5", "random")
     assert grpo.parse_args([])["eval_opponent"] == ""                                  # default: the same opponent
+    # The spec is checked before anything loads: a bad P or an unknown name fails at once.
+    assert [grpo.opponent_kind(s) for s in ("random", "minimax:0.3", "model:self", "http://h:1/v1")] == \
+        ["bot", "bot", "model", "http"]
+    for bad in ("minimax:2", "minimaxx"):
+        with pytest.raises(ValueError, match="minimax:P"):
+            grpo.opponent_kind(bad)
