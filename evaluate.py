@@ -521,6 +521,28 @@ def bench_prompts(tokenizer, bench, system_prompt, n):
 
 
 # -----------------------------------------------------------------------------
+# 8b. The TicTacToe tactics probe (--tactics)
+#
+# took_win / blocked in played games count the chances the policy met in its OWN games, so a policy that
+# learned one style of play can score well there and know nothing elsewhere. The probe asks for one move in
+# EVERY unfinished position that holds a tactic (games.ttt_tactic_positions: 2,358 with a win to take,
+# 976 with exactly one threat to block), greedy, and counts the right moves. The README shows the gap:
+# a GRPO-trained tiny takes 79% of its wins in play, but 49% of the wins on the probe.
+def tactics_probe(tokenizer, generate, opponent):
+    """{"took_win", "blocked"}: rates with intervals over every probe position of that kind."""
+    env = games.make_env("tictactoe", **grpo.env_options_for("tictactoe", tokenizer, opponent, training=False))
+    env.reset(EVAL_SEED_BASE)
+    positions = games.ttt_tactic_positions()
+    replies = generate([env.set_position(board, mark) for board, mark, _, _ in positions])
+    hits = collections.Counter()
+    for (_, _, kind, cells), reply in zip(positions, replies):
+        hits[kind, "n"] += 1
+        hits[kind, "hit"] += games.parse_ttt_move(games.parse_answer(reply)) in cells
+    return {name: rate_with_interval(hits[kind, "hit"], hits[kind, "n"])
+            for name, kind in (("took_win", "win"), ("blocked", "block"))}
+
+
+# -----------------------------------------------------------------------------
 # 9. One checkpoint, several checkpoints, and the table
 def evaluate_model(name, args, benches):
     """Everything for one checkpoint: {"model", "games": {task: report}, "bench": {name: metrics}, ...}."""
@@ -544,6 +566,12 @@ def evaluate_model(name, args, benches):
                                      args.batch_size, desc=bench["name"])
         result["bench"][bench["name"]], _ = score_bench(bench, generate, args.samples, compact=tiny)
         print(f"  {bench['name']:<24} {format_bench(result['bench'][bench['name']])}")
+    if args.tactics:
+        generate = model_generate_fn(model, tokenizer, args.game_temperature, args.top_p, max_new, system_prompt,
+                                     args.batch_size, desc="tactics probe")
+        result["tactics"] = tactics_probe(tokenizer, generate, opponent)
+        print(f"  {'tactics probe':<24} " + "  ".join(f"{k} {v['count']}/{v['n']} = {100 * v['rate']:.1f}%"
+                                                      for k, v in result["tactics"].items()))
     if args.entropy:
         torch.manual_seed(args.seed)
         jobs = {spec: (game_prompts(tokenizer, spec, opponent, system_prompt, args.entropy_prompts),
@@ -582,20 +610,24 @@ def format_bench(m):
 
 
 # The papers' layout: one row per model, one column per task (game success %, benchmark accuracy %), then
-# the average of those columns, then the entropy if it was measured (not averaged: it is not a score).
+# the average of those columns, then the entropy if it was measured (not averaged: it is not a score), then
+# the tactics probe's rates if it ran (not averaged either: it is a diagnostic).
 def results_table(results):
     """(columns, rows): rows are lists of the model name and one number (or None) per column."""
     tasks = list(dict.fromkeys(t for r in results for t in r["games"]))
     benches = list(dict.fromkeys(b for r in results for b in r["bench"]))
     has_entropy = any("entropy" in r for r in results)
-    columns = ["model"] + tasks + benches + ["avg"] + (["entropy"] if has_entropy else [])
+    probe = list(dict.fromkeys(k for r in results for k in r.get("tactics", {})))
+    columns = (["model"] + tasks + benches + ["avg"] + (["entropy"] if has_entropy else [])
+               + [f"probe {k}" for k in probe])
     rows = []
     for r in results:
         scores = [100 * r["games"][t]["success"]["rate"] if t in r["games"] else None for t in tasks]
         scores += [100 * r["bench"][b]["accuracy"] if b in r["bench"] else None for b in benches]
         present = [s for s in scores if s is not None]
         row = [r["model"]] + scores + [sum(present) / len(present) if present else None]
-        rows.append(row + ([r.get("entropy", {}).get("all")] if has_entropy else []))
+        row += [r.get("entropy", {}).get("all")] if has_entropy else []
+        rows.append(row + [100 * r["tactics"][k]["rate"] if k in r.get("tactics", {}) else None for k in probe])
     return columns, rows
 
 
@@ -718,7 +750,7 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=N_GAMES, help=f"episodes per game, from seeds {EVAL_SEED_BASE}, "
                    f"{EVAL_SEED_BASE + 1}, ... (default: {N_GAMES})")
     p.add_argument("--opponent", default=OPPONENT,
-                   help="TicTacToe opponent: random | minimax | minimax:P | model:PATH | model:self | http://host:port/v1#name. "
+                   help="TicTacToe opponent: random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self | http://host:port/v1#name. "
                         "A model or http opponent also plays the other Spy seats; otherwise Spy uses its clue "
                         f"bots (default: {OPPONENT})")
     p.add_argument("--bench", default=BENCH,
@@ -733,6 +765,9 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when sampling (default: 1.0, off)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens per reply (default: {MAX_NEW_TINY} for tiny, {MAX_NEW_REAL} for real models)")
+    p.add_argument("--tactics", action="store_true",
+                   help="TicTacToe tactics probe: one greedy move in each of the 3,334 positions with a win to "
+                        "take or a single threat to block (not only those the model meets in its own games)")
     p.add_argument("--entropy", action="store_true",
                    help="also measure the mean token entropy (T=1 distribution) over the model's own replies "
                         "(GLOW section 5; the definition of glow_sft.py)")
@@ -763,8 +798,8 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     args.bench = split_list(args.bench)
-    if not args.games and not args.bench:
-        p.error("nothing to evaluate: give --games and/or --bench")
+    if not args.games and not args.bench and not args.tactics:
+        p.error("nothing to evaluate: give --games, --bench and/or --tactics")
     if args.threads < 0:
         p.error("--threads must be 0 (torch's default) or more")
     for flag in ("n", "samples", "batch_size", "entropy_prompts"):

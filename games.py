@@ -25,7 +25,7 @@ single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad ans
 
 Options (all envs also take compact=False):
     matrix      games="classic"|"random", transform=True, template=None|0..6
-    tictactoe   opponent="random"|"minimax"|"minimax:P"|callable, opponent_tries=3, random_start=False, max_turns=5
+    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3, random_start=False, max_turns=5
     spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
     arith       steps=2, max_operand=20, split="train"|"ood"
     math_jsonl  path (required)
@@ -541,6 +541,33 @@ def ttt_winning_cells(board, mark):
     return [k for k in ttt_legal_moves(board) if ttt_winner(_place(board, k, mark)) == mark]
 
 
+# Every position of the game, for a probe of tactics that does not depend on how a policy plays
+# (evaluate.py --tactics). A board with no line on it and x = o or x = o + 1 pieces is always reachable
+# (no prefix of its moves can hold a line either), so these are all 4,520 unfinished positions: the
+# 5,478 legal positions of TicTacToe minus its 958 finished ones.
+def ttt_positions():
+    """[(board, mark to move)] for every unfinished position, in a fixed order."""
+    found = []
+    for cells in itertools.product("xo" + EMPTY, repeat=9):
+        nx, no = cells.count("x"), cells.count("o")
+        if nx - no in (0, 1) and EMPTY in cells and ttt_winner(cells) is None:
+            found.append((cells, "x" if nx == no else "o"))
+    return found
+
+
+def ttt_tactic_positions():
+    """[(board, mark, kind, cells)]: kind "win" where `mark` can win at once (cells: where), else "block"
+    where the opponent threatens exactly one cell (two threats cannot both be blocked, so they are left out)."""
+    probe = []
+    for board, mark in ttt_positions():
+        wins, threats = ttt_winning_cells(board, mark), ttt_winning_cells(board, _other(mark))
+        if wins:
+            probe.append((board, mark, "win", wins))
+        elif len(threats) == 1:
+            probe.append((board, mark, "block", threats))
+    return probe
+
+
 # Perfect play by negamax: the value of a position for the player to move is
 #
 #     V(s) = +1 win, 0 draw, -1 loss;    V(s) = max over moves m of -V(s after m)
@@ -583,17 +610,29 @@ TTT_INTROS = (
 )   # GIFT has 4 intros and redraws one every turn; we draw one per episode
 
 
-def minimax_prob(opponent):
-    """P of an opponent spec "minimax:P", or None for any other opponent. A bad P is an error."""
-    if not (isinstance(opponent, str) and opponent.startswith("minimax:")):
+# The built-in opponents. "greedy" is the weakest bot that punishes a missed block: it completes a line
+# whenever it can, and otherwise plays at random (it never blocks). "minimax" plays perfectly.
+# "greedy:P" and "minimax:P" are noisy: each reply is the bot's own with probability P, else random.
+TTT_BOTS = ("random", "greedy", "minimax")
+
+
+def bot_opponent(opponent):
+    """(bot, P) for a bot spec ("minimax" -> ("minimax", None), "greedy:0.5" -> ("greedy", 0.5)); None for
+    anything else, such as a callable. A bad P is an error."""
+    if not isinstance(opponent, str):
         return None
+    name, sep, p_text = opponent.partition(":")
+    if name not in TTT_BOTS or (sep and name == "random"):
+        return None
+    if not sep:
+        return name, None
     try:
-        p = float(opponent[len("minimax:"):])
+        p = float(p_text)
     except ValueError:
         p = -1.0
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"tictactoe: opponent {opponent!r}: P in minimax:P must be a number in [0, 1]")
-    return p
+        raise ValueError(f"tictactoe: opponent {opponent!r}: P in {name}:P must be a number in [0, 1]")
+    return name, p
 
 
 class TicTacToeEnv(TextEnv):
@@ -603,11 +642,10 @@ class TicTacToeEnv(TextEnv):
     def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
                  max_turns=TTT_MAX_TURNS, compact=False):
         super().__init__(compact)
-        # "minimax:P" is a noisy minimax: each reply is minimax's with probability P, else a random move.
-        self.minimax_prob = minimax_prob(opponent)
-        if opponent not in ("random", "minimax") and self.minimax_prob is None and not callable(opponent):
-            raise ValueError(f"tictactoe: opponent must be 'random', 'minimax', 'minimax:P' (0 <= P <= 1) "
-                             f"or a callable, got {opponent!r}")
+        self.bot = bot_opponent(opponent)                   # None for a callable opponent
+        if self.bot is None and not callable(opponent):
+            raise ValueError(f"tictactoe: opponent must be 'random', 'greedy', 'minimax', 'greedy:P', 'minimax:P' "
+                             f"(0 <= P <= 1) or a callable, got {opponent!r}")
         self.opponent, self.opponent_tries = opponent, int(opponent_tries)
         self.random_start, self.max_turns = bool(random_start), int(max_turns)
 
@@ -630,6 +668,11 @@ class TicTacToeEnv(TextEnv):
                 self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), mark)
         if not learner_first:
             self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), self.opponent_mark)
+        return self._observation()
+
+    def set_position(self, board, mark):
+        """Puts the game (after reset) in any position with `mark` to move; returns its observation."""
+        self.board, self.mark, self.opponent_mark = tuple(board), mark, _other(mark)
         return self._observation()
 
     def legal_actions(self):
@@ -672,9 +715,14 @@ class TicTacToeEnv(TextEnv):
     def _opponent_move(self):
         """A cell for the opponent, or None if a callable opponent failed every try."""
         moves = ttt_legal_moves(self.board)
-        if self.opponent == "random" or (self.minimax_prob is not None and self.rng.random() >= self.minimax_prob):
-            return self.rng.choice(moves)
-        if self.opponent == "minimax" or self.minimax_prob is not None:
+        if self.bot is not None:
+            bot, p = self.bot
+            # A noisy bot draws first; a plain name draws nothing here, so its games stay as they were.
+            if bot == "random" or (p is not None and self.rng.random() >= p):
+                return self.rng.choice(moves)
+            if bot == "greedy":
+                wins = ttt_winning_cells(self.board, self.opponent_mark)
+                return self.rng.choice(wins if wins else moves)
             # Perfect, and random among equally good moves so games differ between seeds.
             values = minimax_values(self.board, self.opponent_mark)
             best = max(values.values())

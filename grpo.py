@@ -57,7 +57,7 @@ import games
 # The defaults are sized for the tiny model on a 2-core CPU; the paper's values are in the comments.
 model_name = "tiny"          # "tiny" (built in code, no download), a hub name, or a local directory
 game = "tictactoe"           # which environment of games.py to train on
-opponent = "random"          # random | minimax | minimax:P (minimax with prob. P) | model:PATH | model:self | http://...
+opponent = "random"          # random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self | http://...
 eval_opponent = ""           # the opponent of the before/after evaluation; "" = the training opponent
 steps = 200                  # optimiser steps; GIFT runs 100-300 (gift.md 3.6)
 num_groups = 8               # start states (= GRPO groups) per step; GIFT uses 8
@@ -74,6 +74,8 @@ beta = 0.0                   # k3 KL coefficient to a frozen reference; GIFT use
 entropy_coef = 0.001         # entropy bonus; GIFT App. B.3 uses 0.001
 loss_type = "grpo"           # grpo | bnpo | dr_grpo | dapo (section 7); GIFT's verl setup is "grpo"
 scale_rewards = "group"      # group | batch | none: the std in the advantage (section 4)
+turn_discount = 1.0          # gamma: a move k learner turns before the game's end gets gamma^k of its game's
+                             # advantage (section 4b); 1.0 = GIFT's trajectory-level credit
 num_iterations = 1           # PPO epochs over each rollout batch; GIFT uses 1
 minibatches = 1              # optimiser steps per PPO epoch (the batch is split); GIFT's verl config gives 1-2
 micro_batch_size = 64        # episodes per forward/backward; gradients are accumulated over a step
@@ -461,6 +463,26 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
     return adv.reshape(-1)
 
 
+# 4b. Turn discount (our addition; GIFT gives every move of a game the same advantage, gamma = 1).
+#
+# With a reward only at the end, every move of a lost game is blamed equally, although in TicTacToe
+# the move that lost it is usually the last one (a missed block). The REINFORCE discount on the return,
+# G_k = gamma^k R for a move k learner turns before the end, applied to the group advantage:
+#
+#     A_{i,t} = gamma^k(t) * A_i      k(t) = learner turns of episode i after the turn of token t
+#
+# Turns are the runs of 1s in the loss mask: the environment always writes tokens between two turns.
+def turn_weights(mask, gamma):
+    """(N, T) float mask -> (N, T) weights gamma^k on sampled tokens (1 on the others, which are masked)."""
+    sampled = mask > 0
+    previous = torch.zeros_like(sampled)
+    previous[:, 1:] = sampled[:, :-1]
+    starts = (sampled & ~previous).to(torch.float32)                       # (N, T): 1 where a turn begins
+    turn_index = starts.cumsum(dim=1)                                      # (N, T): 1, 2, ... per turn
+    turns_after = starts.sum(dim=1, keepdim=True) - turn_index            # (N, T)
+    return torch.where(sampled, torch.pow(torch.tensor(float(gamma)), turns_after), torch.ones_like(turns_after))
+
+
 # -----------------------------------------------------------------------------
 # 5. StarPO* filtering (GIFT App. B.3; RAGEN)
 #
@@ -520,7 +542,7 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, eps_low=0.2, eps_high=0.2,
               loss_type="grpo", max_completion_length=None, num_sequences=None, num_tokens=None):
-    """logps, old_logps, mask, ref_logps: (B, T); advantages: (B,). Returns (loss, stats).
+    """logps, old_logps, mask, ref_logps: (B, T); advantages: (B,), or (B, T) per token. Returns (loss, stats).
 
     num_sequences / num_tokens: the normalisers when this call sees one micro-batch of a larger batch
     (default: this call's own B and mask.sum()). max_completion_length: L_max of dr_grpo (default T).
@@ -528,7 +550,7 @@ def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, eps_
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     mask = mask.to(logps.dtype)
-    adv = advantages.unsqueeze(1)                                                  # (B, 1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages         # (B, 1) or (B, T)
     ratio = torch.exp(logps - old_logps)                                           # (B, T)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)                             # (B, T)
@@ -601,8 +623,8 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
                          step_tokens=None):
     """Forward/backward over micro-batches; leaves the summed gradient in .grad. Returns merged stats.
 
-    ids, attn, mask: (N, T); advantages: (N,). mask[:, t] = 1 where token t was sampled, so the
-    target mask of the shifted log-probs is mask[:, 1:]. cfg needs: temperature, loss_type, beta,
+    ids, attn, mask: (N, T); advantages: (N,), or (N, T) aligned with ids (turn discount). mask[:, t] = 1
+    where token t was sampled, so the target mask of the shifted log-probs is mask[:, 1:]. cfg needs: temperature, loss_type, beta,
     eps_low, eps_high, entropy_coef, micro_batch_size, max_completion_length.
     """
     device = next(model.parameters()).device
@@ -621,7 +643,8 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
             logps, entropy = token_logps_and_entropy(model, mb_ids, mb_attn, cfg["temperature"])
         old = old_logps[sl, :width - 1].to(device) if old_logps is not None else logps.detach()
         ref = ref_logps[sl, :width - 1].to(device) if ref_logps is not None else None
-        loss, stats = grpo_loss(logps, old, advantages[sl].to(device), mb_mask, ref_logps=ref,
+        mb_adv = advantages[sl] if advantages.dim() == 1 else advantages[sl, 1:width]     # like the mask
+        loss, stats = grpo_loss(logps, old, mb_adv.to(device), mb_mask, ref_logps=ref,
                                 beta=cfg["beta"], eps_low=cfg["eps_low"], eps_high=cfg["eps_high"],
                                 loss_type=cfg["loss_type"], max_completion_length=cfg.get("max_completion_length"),
                                 num_sequences=num_sequences, num_tokens=norm_tokens)
@@ -670,20 +693,18 @@ def opponent_kind(spec):
 
     Checks the spec without loading anything, so a command line can fail before any model is loaded.
     """
-    if spec in ("random", "minimax", None, ""):
-        return "bot"
-    if spec.startswith("minimax:"):
-        games.minimax_prob(spec)                      # raises on a P outside [0, 1]
+    if spec in (None, "") or games.bot_opponent(spec) is not None:   # raises on a P outside [0, 1]
         return "bot"
     if spec.startswith(("http://", "https://")):
         return "http"
     if spec.startswith("model:"):
         return "model"
-    raise ValueError(f"--opponent: expected random, minimax, minimax:P, model:PATH, model:self or http://..., got {spec!r}")
+    raise ValueError(f"--opponent: expected random, greedy, minimax, greedy:P, minimax:P, model:PATH, "
+                     f"model:self or http://..., got {spec!r}")
 
 
 def make_opponent(spec, policy_path, device, dtype, max_new):
-    """--opponent: random | minimax | minimax:P | model:PATH | model:self | http://host:port/v1[#model-name]."""
+    """--opponent: random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self | http://host:port/v1[#model-name]."""
     kind = opponent_kind(spec)
     if kind == "bot":
         return spec or None
@@ -883,6 +904,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
       evaluate_fn(model, tokenizer, opponent) -> dict of rates (before and after training)
       extra_metrics(model, episodes, kept, ids, attn, mask, adv, cfg) -> dict added to the step's log line
     """
+    if not 0.0 < cfg.get("turn_discount", 1.0) <= 1.0:
+        raise ValueError(f"--turn-discount must be in (0, 1], got {cfg['turn_discount']}")
     out = cfg["out_dir"]
     os.makedirs(out, exist_ok=True)
     device = torch.device(cfg["device"])
@@ -949,7 +972,9 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
             kept = filter_groups(rewards, cfg["group_size"], cfg["filter_ratio"])
             batch = [episodes[i] for i in kept]
             ids, attn, mask = pad_batch(batch, tokenizer.pad_token_id)
-            kept_adv = adv[kept]
+            kept_adv = adv[kept]                                                              # (N_kept,)
+            if cfg.get("turn_discount", 1.0) != 1.0:
+                kept_adv = kept_adv[:, None] * turn_weights(mask, cfg["turn_discount"])        # (N_kept, T)
             instruments = extra_metrics(model, episodes, kept, ids, attn, mask, adv, cfg) if extra_metrics else {}
             # 5. update: num_iterations PPO epochs, each over `minibatches` optimiser steps
             old = batch_logps(model, ids, attn, cfg) if cfg["num_iterations"] > 1 else None
@@ -1014,7 +1039,8 @@ def format_rates(rates):
 HELP = {
     "model": "tiny (built in code), a hub name, or a local directory",
     "game": f"environment to train on: {', '.join(games.ENV_NAMES)}",
-    "opponent": "random | minimax | minimax:P (each reply minimax's with probability P, else random) | "
+    "opponent": "random | greedy (takes a win when it can, else random) | minimax | greedy:P | minimax:P (each "
+                "reply the bot's own with probability P, else random) | "
                 "model:PATH | model:self | http://host:port/v1#model-name",
     "eval_opponent": "opponent of the before/after evaluation games, same choices (empty = --opponent)",
     "steps": "optimiser steps (rollout + update) to run",
@@ -1032,6 +1058,8 @@ HELP = {
     "entropy_coef": "entropy bonus coefficient (paper 0.001)",
     "loss_type": "token aggregation: grpo | bnpo | dr_grpo | dapo",
     "scale_rewards": "advantage std: group | batch | none",
+    "turn_discount": "gamma in (0, 1]: a move k learner turns before the end gets gamma^k of its game's "
+                     "advantage (1 = every move the same, as GIFT)",
     "num_iterations": "PPO epochs over each rollout batch",
     "minibatches": "optimiser steps per PPO epoch (the rollout batch is split evenly)",
     "micro_batch_size": "episodes per forward/backward (gradient accumulation; result does not change)",

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import evaluate
+import games
 import grpo
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
@@ -400,3 +401,38 @@ def test_plot_log_errors_name_the_line(tmp_path):
         evaluate.plot_logs([str(path)], str(tmp_path / "out"))
     with pytest.raises(SystemExit, match="log.jsonl:2"):
         evaluate.main(["plot", str(path), "--out", str(tmp_path / "out")])
+
+
+# -----------------------------------------------------------------------------
+# The tactics probe: 4,520 unfinished positions (5,478 legal minus 958 finished, a known count), of which
+# 2,358 hold a win and 976 a single threat. A scripted player reads the compact board from the prompt.
+def tactical_reply(prompt, block=True):
+    mark, *rows = prompt.strip().splitlines()[-4:]
+    board, me = tuple("".join(rows)), mark.split(":")[1]
+    cells = games.ttt_winning_cells(board, me) or (games.ttt_winning_cells(board, "xo"[me == "x"]) if block else [])
+    cell = (cells or games.ttt_legal_moves(board))[0]
+    return f"<answer>{games.ttt_move_str(cell)}</answer>"
+
+
+def test_tactics_probe_counts_every_position():
+    assert len(games.ttt_positions()) == 5478 - 958
+    tok = grpo.build_tiny_tokenizer()
+    perfect = evaluate.tactics_probe(tok, lambda prompts: [tactical_reply(p) for p in prompts], "random")
+    assert [(v["count"], v["n"]) for v in perfect.values()] == [(2358, 2358), (976, 976)]
+    no_block = evaluate.tactics_probe(tok, lambda prompts: [tactical_reply(p, block=False) for p in prompts], "random")
+    assert no_block["took_win"]["count"] == 2358 and no_block["blocked"]["count"] < 976 / 2
+    silent = evaluate.tactics_probe(tok, lambda prompts: ["no move"] * len(prompts), "random")
+    assert [v["count"] for v in silent.values()] == [0, 0]
+
+
+def test_tactics_flag_runs_the_probe_and_adds_its_columns(random_tiny):
+    path = random_tiny[0]
+    results = evaluate.main(["--model", path, "--games", "none", "--bench", "none", "--tactics",
+                             "--max-new-tokens", "2", "--batch-size", "256"])
+    probe = results[0]["tactics"]
+    assert (probe["took_win"]["n"], probe["blocked"]["n"]) == (2358, 976)
+    columns, rows = evaluate.results_table(results)
+    assert columns[-2:] == ["probe took_win", "probe blocked"]
+    assert rows[0][-1] == pytest.approx(100 * probe["blocked"]["rate"])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", path, "--games", "none", "--bench", "none"])     # nothing to evaluate

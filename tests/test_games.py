@@ -283,6 +283,28 @@ def test_noisy_minimax_opponent_mixes_perfect_and_random_replies():
             make_env("tictactoe", opponent=bad)
 
 
+def test_greedy_opponent_always_completes_its_line():
+    # x (the learner, seed 2) to move; o threatens (1,3). The learner ignores it: greedy takes the win
+    # every time; greedy:0 (a random reply) does not.
+    def replies(spec, n=20):
+        env, outcomes = make_env("tictactoe", opponent=spec), []
+        for seed in range(n):
+            env.reset(2)
+            env.rng = random.Random(seed)                         # a different reply stream per game
+            env.board = tuple("oo.x....x")
+            _, _, done, info = env.step("<answer>(2,2)</answer>")
+            outcomes.append(info["outcome"] if done else info["opponent_action"])
+        return outcomes
+    assert replies("greedy") == ["loss"] * 20
+    assert replies("greedy:1") == ["loss"] * 20
+    assert 0 < replies("greedy:0").count("loss") < 20
+    assert games.bot_opponent("greedy") == ("greedy", None) and games.bot_opponent("greedy:0.25") == ("greedy", 0.25)
+    assert games.bot_opponent("random") == ("random", None) and games.bot_opponent(print) is None
+    for bad in ("greedy:2", "greedy:x", "random:0.5", "greed"):
+        with pytest.raises(ValueError, match="greedy:P"):
+            make_env("tictactoe", opponent=bad)
+
+
 def test_tictactoe_tactics_counters():
     keys = ("win_chances", "wins_taken", "block_chances", "blocks_made")
 

@@ -78,6 +78,27 @@ def test_loss_types_hand_computed(loss_type, expected):
     assert stats["ratio"] == pytest.approx(1.0)  # (1.5 + 1 + 0.5 + 1 + 1) / 5
 
 
+# Turn discount, by hand: a row with two learner turns (runs of 1s in the mask), gamma = 0.5.
+#   mask [1, 0, 1, 1] -> the first turn is 1 turn before the end: weights [0.5, 1, 1, 1]
+#   ratio 1, A = 2: grpo token losses -A w = [-1, 0, -2, -2], row mean over 3 sampled tokens = -5/3
+def test_turn_discount_hand_computed():
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    w = grpo.turn_weights(mask, 0.5)
+    assert torch.equal(w, torch.tensor([[0.5, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
+    three_turns = torch.tensor([[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]])
+    assert torch.equal(grpo.turn_weights(three_turns, 0.5), torch.tensor([[1.0, 0.25, 1.0, 0.5, 0.5, 1.0, 1.0]]))
+    adv = torch.tensor([2.0, -1.0])[:, None] * w                                    # (B, T)
+    zeros = torch.zeros(2, 4)
+    loss, _ = grpo.grpo_loss(zeros, zeros, adv, mask, loss_type="grpo")
+    assert float(loss) == pytest.approx((-5 / 3 + 1.0) / 2, abs=1e-6)               # row 1: -(-1) * 1
+    # gamma = 1 as a (B, T) tensor is exactly the (B,) loss
+    one, _ = grpo.grpo_loss(zeros, zeros, torch.tensor([2.0, -1.0])[:, None] * grpo.turn_weights(mask, 1.0), mask)
+    base, _ = grpo.grpo_loss(zeros, zeros, torch.tensor([2.0, -1.0]), mask)
+    assert float(one) == float(base)
+    with pytest.raises(ValueError, match="turn-discount"):
+        grpo.train(dict(grpo.defaults(), turn_discount=0.0))
+
+
 def test_clipped_tokens_get_zero_gradient():
     logps, old, adv, mask = loss_example()
     loss, _ = grpo.grpo_loss(logps, old, adv, mask, eps_low=0.2, eps_high=0.28, loss_type="grpo")
@@ -175,6 +196,28 @@ def test_micro_batch_invariance(loss_type):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
     assert grads[0].abs().sum() > 0
+
+
+def test_per_token_advantages_micro_batch_invariant_and_equal_at_gamma_1():
+    tok = grpo.build_tiny_tokenizer()
+    model = grpo.build_tiny_model(tok, seed=2)
+    g = torch.Generator().manual_seed(4)
+    N, T = 8, 20
+    ids = torch.randint(10, 100, (N, T), generator=g)
+    attn = torch.ones(N, T, dtype=torch.long)
+    mask = ((torch.rand(N, T, generator=g) > 0.4)).float()
+    adv = torch.randn(N, generator=g)
+    cfg = dict(temperature=1.0, loss_type="grpo", beta=0.0, eps_low=0.2, eps_high=0.28, entropy_coef=0.0)
+
+    def grad(a, mbs):
+        model.zero_grad(set_to_none=True)
+        grpo.accumulate_gradients(model, ids, attn, mask, a, dict(cfg, micro_batch_size=mbs))
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    flat = grad(adv, 8)
+    assert torch.allclose(grad(adv[:, None] * grpo.turn_weights(mask, 1.0), 8), flat, atol=1e-7)
+    per_token = adv[:, None] * grpo.turn_weights(mask, 0.5)
+    assert torch.allclose(grad(per_token, 8), grad(per_token, 2), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(grad(per_token, 8), flat, atol=1e-4)                 # the discount does act
 
 
 # -----------------------------------------------------------------------------
@@ -395,8 +438,8 @@ def test_noisy_minimax_and_eval_opponent_flags():
     assert (cfg["opponent"], cfg["eval_opponent"]) == ("minimax:0.5", "random")
     assert grpo.parse_args([])["eval_opponent"] == ""                                  # default: the same opponent
     # The spec is checked before anything loads: a bad P or an unknown name fails at once.
-    assert [grpo.opponent_kind(s) for s in ("random", "minimax:0.3", "model:self", "http://h:1/v1")] == \
-        ["bot", "bot", "model", "http"]
+    assert [grpo.opponent_kind(s) for s in ("random", "minimax:0.3", "greedy", "greedy:1", "model:self",
+                                            "http://h:1/v1")] == ["bot", "bot", "bot", "bot", "model", "http"]
     for bad in ("minimax:2", "minimaxx"):
         with pytest.raises(ValueError, match="minimax:P"):
             grpo.opponent_kind(bad)
