@@ -25,7 +25,8 @@ single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad ans
 
 Options (all envs also take compact=False):
     matrix      games="classic"|"random", transform=True, template=None|0..6
-    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3, random_start=False, max_turns=5
+    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3, random_start=False,
+                max_turns=5, tactic_start=0.0 (chance to start in a position with a win or a threat)
     spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
     arith       steps=2, max_operand=20, split="train"|"ood"
     math_jsonl  path (required)
@@ -177,6 +178,11 @@ class TextEnv:
         self.seed = operator.index(seed)             # accepts int and numpy ints, refuses 1.5 and "3"
         self.rng = random.Random(self.seed)
         self.turn, self.done, self.outcome = 0, False, "ongoing"
+
+    def split_rng(self, stream):
+        """Call after reset(seed): the rest of the episode (the bots' moves, clues and votes) draws from the
+        stream (seed, stream); the start state stays the seed's. grpo.py gives each game of a group its own."""
+        self.rng = random.Random(f"{self.seed}/{stream}")
 
     def _take_turn(self, response):
         """Start a learner turn: check the episode is running and pull the answer out of the reply.
@@ -545,18 +551,20 @@ def ttt_winning_cells(board, mark):
 # (evaluate.py --tactics). A board with no line on it and x = o or x = o + 1 pieces is always reachable
 # (no prefix of its moves can hold a line either), so these are all 4,520 unfinished positions: the
 # 5,478 legal positions of TicTacToe minus its 958 finished ones.
+@functools.lru_cache(maxsize=None)
 def ttt_positions():
-    """[(board, mark to move)] for every unfinished position, in a fixed order."""
+    """((board, mark to move), ...) for every unfinished position, in a fixed order."""
     found = []
     for cells in itertools.product("xo" + EMPTY, repeat=9):
         nx, no = cells.count("x"), cells.count("o")
         if nx - no in (0, 1) and EMPTY in cells and ttt_winner(cells) is None:
             found.append((cells, "x" if nx == no else "o"))
-    return found
+    return tuple(found)
 
 
+@functools.lru_cache(maxsize=None)
 def ttt_tactic_positions():
-    """[(board, mark, kind, cells)]: kind "win" where `mark` can win at once (cells: where), else "block"
+    """((board, mark, kind, cells), ...): kind "win" where `mark` can win at once (cells: where), else "block"
     where the opponent threatens exactly one cell (two threats cannot both be blocked, so they are left out)."""
     probe = []
     for board, mark in ttt_positions():
@@ -565,7 +573,7 @@ def ttt_tactic_positions():
             probe.append((board, mark, "win", wins))
         elif len(threats) == 1:
             probe.append((board, mark, "block", threats))
-    return probe
+    return tuple(probe)
 
 
 # Perfect play by negamax: the value of a position for the player to move is
@@ -640,8 +648,11 @@ class TicTacToeEnv(TextEnv):
     name = "tictactoe"
 
     def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
-                 max_turns=TTT_MAX_TURNS, compact=False):
+                 max_turns=TTT_MAX_TURNS, compact=False, tactic_start=0.0):
         super().__init__(compact)
+        if not 0.0 <= tactic_start <= 1.0:
+            raise ValueError(f"tictactoe: tactic_start is a probability in [0, 1], got {tactic_start!r}")
+        self.tactic_start = float(tactic_start)
         self.bot = bot_opponent(opponent)                   # None for a callable opponent
         if self.bot is None and not callable(opponent):
             raise ValueError(f"tictactoe: opponent must be 'random', 'greedy', 'minimax', 'greedy:P', 'minimax:P' "
@@ -663,6 +674,13 @@ class TicTacToeEnv(TextEnv):
         self.opponent_mark = _other(self.mark)
         self.board = (EMPTY,) * 9
         self.tactics = {"win_chances": 0, "wins_taken": 0, "block_chances": 0, "blocks_made": 0}
+        # tactic_start (ours, not GIFT's): with this probability the game starts in a position with a win to
+        # take or a threat to block (ttt_tactic_positions). All G games of a group then face the SAME
+        # decision first, so GRPO compares the moves made there directly. Drawn only when > 0, so the
+        # default keeps the paper's start states, random stream included.
+        if self.tactic_start and rng.random() < self.tactic_start:
+            board, mark, _, _ = rng.choice(ttt_tactic_positions())
+            return self.set_position(board, mark)
         if self.random_start and rng.random() < 0.5:
             for mark in ("x", "o"):
                 self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), mark)

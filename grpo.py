@@ -74,6 +74,10 @@ beta = 0.0                   # k3 KL coefficient to a frozen reference; GIFT use
 entropy_coef = 0.001         # entropy bonus; GIFT App. B.3 uses 0.001
 loss_type = "grpo"           # grpo | bnpo | dr_grpo | dapo (section 7); GIFT's verl setup is "grpo"
 scale_rewards = "group"      # group | batch | none: the std in the advantage (section 4)
+env_rng = "shared"           # shared | per-game: the G games of a group share the start state; do they also share
+                             # the bots' later random moves? (section 3b)
+tactic_start = 0.0           # TicTacToe: chance that a training game starts in a position with a win to take or a
+                             # threat to block (games.ttt_tactic_positions); 0 = GIFT's start states only
 turn_discount = 1.0          # gamma: a move k learner turns before the game's end gets gamma^k of its game's
                              # advantage (section 4b); 1.0 = GIFT's trajectory-level credit
 num_iterations = 1           # PPO epochs over each rollout batch; GIFT uses 1
@@ -284,11 +288,13 @@ class Episode:
     cut_turns: int = 0                             # turns that hit max_new_tokens without EOS
 
 
-def start_episode(tokenizer, env, seed, group, system_prompt=None):
+def start_episode(tokenizer, env, seed, group, system_prompt=None, stream=None):
     ep = Episode(env=env, seed=seed, group=group, task=getattr(env, "name", ""))
     if system_prompt:
         ep.messages.append({"role": "system", "content": system_prompt})
     obs = env.reset(seed)
+    if stream is not None:
+        env.split_rng(stream)
     prefix = render(tokenizer, ep.messages, False) if ep.messages else ""
     full = render(tokenizer, ep.messages + [{"role": "user", "content": obs}], True)
     ep.ids = tokenizer(full, add_special_tokens=False)["input_ids"]
@@ -372,11 +378,24 @@ def generate_batch(model, tokenizer, prompts, gen_config, batch_size=256):
     return outs
 
 
+# 3b. Whose randomness does a group share? A group's G games start from the same seed, so they share the
+# start state -- that is what makes their rewards comparable. Our bots (TicTacToe's opponent, Spy's
+# players) then draw their moves from the same seeded RNG, so by default (--env-rng shared) the G games
+# also share the opponent's dice, and differ only where the policy's own samples differ. Once the policy
+# is nearly deterministic, all G games are the same game: the group has zero reward variance and no
+# signal (README: 40-60% such groups after step 60). GIFT's opponent is an LLM that samples afresh in
+# every game, which is what --env-rng per-game gives: game k of a group draws from the stream (seed, k).
 def rollout(model, tokenizer, envs, seeds, groups=None, temperature=1.0, top_p=1.0, max_new=24,
-            system_prompt=None, progress=False):
-    """Play one episode per (env, seed) to the end; returns the list of Episodes."""
+            system_prompt=None, progress=False, streams=None):
+    """Play one episode per (env, seed) to the end; returns the list of Episodes.
+
+    streams: one per env, or None. With a stream, the env's randomness after the start state is its own
+    (games.TextEnv.split_rng); without, it follows the seed, so equal seeds give equal opponents' moves.
+    """
     groups = groups if groups is not None else list(range(len(envs)))
-    episodes = [start_episode(tokenizer, env, s, g, system_prompt) for env, s, g in zip(envs, seeds, groups)]
+    streams = streams if streams is not None else [None] * len(envs)
+    episodes = [start_episode(tokenizer, env, s, g, system_prompt, k)
+                for env, s, g, k in zip(envs, seeds, groups, streams)]
     config = generation_config(tokenizer, model, temperature, top_p, max_new)
     was_training = model.training
     model.eval()
@@ -906,6 +925,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     """
     if not 0.0 < cfg.get("turn_discount", 1.0) <= 1.0:
         raise ValueError(f"--turn-discount must be in (0, 1], got {cfg['turn_discount']}")
+    if cfg.get("tactic_start") and cfg["game"] != "tictactoe":
+        raise ValueError(f"--tactic-start is for --game tictactoe, not {cfg['game']}")
     out = cfg["out_dir"]
     os.makedirs(out, exist_ok=True)
     device = torch.device(cfg["device"])
@@ -920,6 +941,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     eval_opp = (make_opponent(cfg["eval_opponent"], start_path, device, dtype, cfg["max_new_tokens"])
                 if cfg.get("eval_opponent") else opp)
     train_opts = env_options_for(cfg["game"], tokenizer, opp, training=True)
+    if cfg.get("tactic_start"):
+        train_opts["tactic_start"] = cfg["tactic_start"]
     eval_opts = env_options_for(cfg["game"], tokenizer, eval_opp, training=False)
     # The frozen reference exists only when the KL term does (beta > 0): it costs a full model copy.
     ref_model = None
@@ -962,9 +985,12 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
             envs = make_envs(step, tokenizer, opp)
             flat_seeds = [s for s in seeds for _ in range(cfg["group_size"])]
             flat_groups = [g for g in range(cfg["num_groups"]) for _ in range(cfg["group_size"])]
+            # env_rng (section 3b): do the G games of a group also share the opponent's dice?
+            streams = (None if cfg.get("env_rng", "shared") == "shared"
+                       else [k for _ in range(cfg["num_groups"]) for k in range(cfg["group_size"])])
             with bf16_autocast(device, cfg["bf16"]):
                 episodes = rollout(model, tokenizer, envs, flat_seeds, flat_groups, cfg["temperature"], cfg["top_p"],
-                                   cfg["max_new_tokens"], sys_prompt)
+                                   cfg["max_new_tokens"], sys_prompt, streams=streams)
             t_roll = time.time() - t0
             # 2-4. rewards, advantages, filtering
             rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)   # (N,)
@@ -1058,6 +1084,10 @@ HELP = {
     "entropy_coef": "entropy bonus coefficient (paper 0.001)",
     "loss_type": "token aggregation: grpo | bnpo | dr_grpo | dapo",
     "scale_rewards": "advantage std: group | batch | none",
+    "env_rng": "shared | per-game: the games of a group share the start state and (shared) also the bots' later "
+               "random moves, or (per-game) each game draws its own",
+    "tactic_start": "tictactoe: chance that a training game starts in one of the 3,334 positions with a win to "
+                    "take or a single threat to block (0 = GIFT's start states; evaluation always starts empty)",
     "turn_discount": "gamma in (0, 1]: a move k learner turns before the end gets gamma^k of its game's "
                      "advantage (1 = every move the same, as GIFT)",
     "num_iterations": "PPO epochs over each rollout batch",
@@ -1086,7 +1116,8 @@ def defaults():
 
 # The flags with a fixed set of values (nested.py offers the same flags with the same choices). --game's
 # choices are read when the parser is built, so a game registered after import (exercise 03) is accepted.
-CHOICES = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"), "lr_decay": LR_DECAYS}
+CHOICES = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"), "lr_decay": LR_DECAYS,
+           "env_rng": ("shared", "per-game")}
 
 
 def parse_args(argv=None):

@@ -177,6 +177,11 @@ class NestedEnv:
         self.done = False
         return self._first_obs(0)
 
+    def split_rng(self, stream):
+        """grpo --env-rng per-game: every sub-game keeps its start state and draws its own dice."""
+        for env in self.subs:
+            env.split_rng(stream)
+
     def step(self, response):
         if self.done:
             raise RuntimeError(f"{self.name}: the episode is over; call reset(seed) to start a new one")

@@ -305,6 +305,47 @@ def test_greedy_opponent_always_completes_its_line():
             make_env("tictactoe", opponent=bad)
 
 
+def test_tactic_start_puts_the_learner_in_a_probe_position():
+    probe = {(board, mark): kind for board, mark, kind, _ in games.ttt_tactic_positions()}
+    env, plain, kinds = make_env("tictactoe", tactic_start=1.0), make_env("tictactoe"), set()
+    for seed in range(40):
+        env.reset(seed)
+        kinds.add(probe[env.board, env.mark])                 # a KeyError if it is not a probe position
+    assert kinds == {"win", "block"}
+    # The same seed gives the same position; tactic_start=0 leaves the paper's start states as they were.
+    assert make_env("tictactoe", tactic_start=1.0, compact=True).reset(7) == \
+        make_env("tictactoe", tactic_start=1.0, compact=True).reset(7)
+    for seed in range(20):
+        assert make_env("tictactoe", tactic_start=0.0, random_start=True).reset(seed) == \
+            make_env("tictactoe", random_start=True).reset(seed)
+    half, started = make_env("tictactoe", tactic_start=0.5), 0
+    for seed in range(200):
+        half.reset(seed)
+        started += half.board.count(".") <= 6               # a probe position has 3+ pieces; a normal start 0-1
+    assert 70 < started < 130
+    with pytest.raises(ValueError, match="tactic_start"):
+        make_env("tictactoe", tactic_start=1.5)
+
+
+def test_split_rng_keeps_the_start_and_redraws_the_dice():
+    def game(stream):
+        env = make_env("tictactoe")
+        first = env.reset(5)
+        if stream is not None:
+            env.split_rng(stream)
+        replies, done = [], False
+        while not done:
+            _, _, done, info = env.step(format_answer(env.legal_actions()[0]))
+            replies.append(info["opponent_action"])
+        return first, replies
+    plain = game(None)
+    assert game(None) == plain
+    split = [game(k) for k in range(6)]
+    assert {first for first, _ in split} == {plain[0]}                 # the same start state
+    assert len({tuple(r) for _, r in split}) > 1                       # different opponents' replies
+    assert game(3) == split[3]                                         # (seed, stream) fixes the episode
+
+
 def test_tictactoe_tactics_counters():
     keys = ("win_chances", "wins_taken", "block_chances", "blocks_made")
 

@@ -97,6 +97,8 @@ def test_turn_discount_hand_computed():
     assert float(one) == float(base)
     with pytest.raises(ValueError, match="turn-discount"):
         grpo.train(dict(grpo.defaults(), turn_discount=0.0))
+    with pytest.raises(ValueError, match="tactic-start"):
+        grpo.train(dict(grpo.defaults(), game="matrix", tactic_start=0.5))
 
 
 def test_clipped_tokens_get_zero_gradient():
@@ -228,6 +230,24 @@ def tiny(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny"))
     grpo.ensure_tiny(path, steps=60, game_names=("tictactoe",))
     return grpo.load_policy(path)
+
+
+def test_env_rng_shared_or_per_game(tiny):
+    # Greedy decoding is deterministic, so with one seed and shared dice the 8 games are one game; with a
+    # stream per game the start is the same but the random opponent's replies differ.
+    model, tok = tiny
+    def play(streams):
+        envs = [games.make_env("tictactoe", compact=True) for _ in range(8)]
+        eps = grpo.rollout(model, tok, envs, [3] * 8, temperature=0.0, max_new=24, streams=streams)
+        return [tuple(ep.ids) for ep in eps], [ep.messages[0]["content"] for ep in eps]
+    shared, firsts = play(None)
+    assert len(set(shared)) == 1
+    per_game, firsts_pg = play(list(range(8)))
+    assert len(set(per_game)) > 1 and set(firsts_pg) == set(firsts)          # same start state
+    assert play(list(range(8)))[0] == per_game                                 # and reproducible
+    assert grpo.parse_args(["--env-rng", "per-game"])["env_rng"] == "per-game"
+    with pytest.raises(SystemExit):
+        grpo.parse_args(["--env-rng", "sometimes"])
 
 
 def test_rollout_keeps_exact_sampled_ids_and_mask(tiny, monkeypatch):

@@ -325,3 +325,11 @@ def test_nested_with_warmup_keeps_the_budget(tiny_dir, tmp_path):
     assert json.load(open(run / "args.json"))["num_groups"] == 1
     rows = nested.run_curves(str(run), ["matrix", "tictactoe"], warmup=True)
     assert [r["step"] for r in rows] == [1, 1, 2, 2]
+
+
+def test_nested_env_splits_every_sub_games_dice():
+    env = nested.NestedEnv([games.make_env("matrix", compact=True), games.make_env("tictactoe", compact=True)])
+    first = env.reset(3)
+    env.split_rng(1)
+    assert [sub.rng.random() for sub in env.subs] == [random.Random("3/1").random()] * 2
+    assert env.reset(3) == first
