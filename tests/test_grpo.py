@@ -463,3 +463,21 @@ def test_noisy_minimax_and_eval_opponent_flags():
     for bad in ("minimax:2", "minimaxx"):
         with pytest.raises(ValueError, match="minimax:P"):
             grpo.opponent_kind(bad)
+
+
+def test_supervised_ceiling_counts_and_learns(tmp_path):
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parent.parent / "benchmarks" / "supervised_ceiling.py"))
+    tok = grpo.build_tiny_tokenizer()
+    grpo.build_tiny_model(tok, seed=0).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    counts = {task: len(bench["examples"](task, tok)) for task in ("block", "win", "matrix")}
+    assert counts == {"block": 976, "win": 2358, "matrix": 96}
+    # Every matrix example's right answer is its equilibrium action, one of the six candidates.
+    prompt, candidates, right = bench["examples"]("matrix", tok)[0]
+    assert len(candidates) == 6 and len(right) == 1 and right <= set(candidates)
+    # From random weights, 20 steps already beat the start (which picks about 1 answer in 6).
+    history = bench["run"]("matrix", str(tmp_path), steps=20, batch=16, lr=2e-3, every=20)
+    assert [h[0] for h in history] == [0, 20]
+    assert history[-1][2] > history[0][2] + 0.25
