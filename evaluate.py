@@ -207,6 +207,13 @@ def game_report(spec, episodes):
     if count:
         report["tactics"] = {"took_win": rate_with_interval(count["wins_taken"], count["win_chances"]),
                              "blocked": rate_with_interval(count["blocks_made"], count["block_chances"])}
+    # Matrix games: success per classic game and role ("Stag Hunt P2"), where a policy that collapsed onto
+    # one wrong action for a game shows as 0/n (README, matrix results).
+    if all("game" in ep.info and "role" in ep.info for ep in episodes) and episodes:
+        by = collections.defaultdict(list)
+        for ep in episodes:
+            by[f"{ep.info['game']} {ep.info['role']}"].append(bool(ep.info.get("success")))
+        report["by_game"] = {k: rate_with_interval(sum(v), len(v)) for k, v in sorted(by.items())}
     # nested.NestedEnv already reports success = "every sub-task succeeded" (the joint metric), and
     # lists each finished sub-task in info["subtasks"], from which we read the sub-task successes.
     parts = parse_task(spec)[1]
@@ -596,6 +603,9 @@ def format_game(report):
     inv = report["invalid"]
     parts.append(f"invalid {100 * inv['rate']:.1f}% of {inv['n']} turns")
     parts += [f"{k} {v['count']}/{v['n']}" for k, v in report.get("tactics", {}).items()]
+    if "by_game" in report:
+        parts.append("\n  " + " " * 24 + " by game: " + ", ".join(f"{k} {v['count']}/{v['n']}"
+                                                                   for k, v in report["by_game"].items()))
     return "  ".join(parts)
 
 

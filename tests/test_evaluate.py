@@ -289,6 +289,18 @@ def test_game_report_joint_success_of_nested_episodes():
     assert report["sub_success"]["matrix"]["count"] == 2 and report["sub_success"]["tictactoe"]["count"] == 2
 
 
+def test_game_report_matrix_success_by_game_and_role():
+    games_roles = [("Stag Hunt", "P1", True), ("Stag Hunt", "P1", False), ("Stag Hunt", "P2", True),
+                   ("GAME", "P1", False)]
+    eps = [types.SimpleNamespace(info={"outcome": "success" if ok else "failure", "success": ok, "game": g,
+                                       "role": r}, reward=float(ok), turns=1, invalid_turns=0)
+           for g, r, ok in games_roles]
+    by = evaluate.game_report("matrix", eps)["by_game"]
+    assert [(k, v["count"], v["n"]) for k, v in by.items()] == [("GAME P1", 0, 1), ("Stag Hunt P1", 1, 2),
+                                                                ("Stag Hunt P2", 1, 1)]
+    assert "by game: GAME P1 0/1, Stag Hunt P1 1/2" in evaluate.format_game(evaluate.game_report("matrix", eps))
+
+
 def test_nested_setting_is_played_with_nested_py(random_tiny):
     _, model, tok = random_tiny
     report, eps = evaluate.play_task(model, tok, "nested:matrix+tictactoe", 2, "random", 0.0, max_new=4,
