@@ -10,6 +10,8 @@ What it measures:
               here; the README shows how to export MMLU, MMLU-Pro, SocialIQA and MATH-500 elsewhere).
               Per-subject and micro-averaged accuracy; with --samples k also pass@k and maj@k (GLOW 6.6).
   entropy     mean token entropy of the model's own replies (GLOW section 5; glow_sft.py's measure), --entropy.
+  tactics     TicTacToe: one greedy move in each of the 3,334 positions with a win to take or a threat to
+              block, not only those met in the model's own games (--tactics); matrix: success by game.
   plot        training curves from our log.jsonl files: `python evaluate.py plot runs/x/log.jsonl --out DIR`.
 
 What we simplified vs the papers (and why), one line each:

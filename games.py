@@ -25,8 +25,8 @@ single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad ans
 
 Options (all envs also take compact=False):
     matrix      games="classic"|"random", transform=True, template=None|0..6
-    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3, random_start=False,
-                max_turns=5, tactic_start=0.0 (chance to start in a position with a win or a threat)
+    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3,
+                random_start=False, max_turns=5, tactic_start=0.0 (chance to start with a win or a threat)
     spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
     arith       steps=2, max_operand=20, split="train"|"ood"
     math_jsonl  path (required)
