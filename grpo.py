@@ -930,8 +930,9 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
     """
     if not 0.0 < cfg.get("turn_discount", 1.0) <= 1.0:
         raise ValueError(f"--turn-discount must be in (0, 1], got {cfg['turn_discount']}")
-    if cfg.get("tactic_start") and cfg["game"] != "tictactoe":
-        raise ValueError(f"--tactic-start is for --game tictactoe, not {cfg['game']}")
+    if cfg.get("tactic_start") and (cfg["game"] != "tictactoe" or not 0.0 <= cfg["tactic_start"] <= 1.0):
+        raise ValueError(f"--tactic-start is a probability in [0, 1] for --game tictactoe, got "
+                         f"{cfg['tactic_start']} for {cfg['game']}")
     out = cfg["out_dir"]
     os.makedirs(out, exist_ok=True)
     device = torch.device(cfg["device"])

@@ -99,6 +99,8 @@ def test_turn_discount_hand_computed():
         grpo.train(dict(grpo.defaults(), turn_discount=0.0))
     with pytest.raises(ValueError, match="tactic-start"):
         grpo.train(dict(grpo.defaults(), game="matrix", tactic_start=0.5))
+    with pytest.raises(ValueError, match="tactic-start"):
+        grpo.train(dict(grpo.defaults(), tactic_start=1.5))
 
 
 def test_clipped_tokens_get_zero_gradient():
