@@ -16,6 +16,7 @@ that the tests themselves are right. Students: read it only after your own attem
     exercise 04  joint_reward                          (nested.py section 1)
     exercise 05  glow_weights                          (glow_sft.py section 5)
     exercise 06  selfplay_plan                         (grpo.py command lines, round after round)
+    exercise 07  turn_weights                          (grpo.py section 4b)
 """
 import math
 import os
@@ -347,3 +348,20 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# -----------------------------------------------------------------------------
+# Exercise 07: the turn discount. Walk each row from the END: a run of 1s is a turn; the weight of a turn
+# is gamma to the number of turns already passed on the way back.
+def turn_weights(mask, gamma):
+    weights = torch.ones_like(mask, dtype=torch.float32)
+    for row in range(mask.shape[0]):
+        turns_behind, inside = 0, False
+        for t in range(mask.shape[1] - 1, -1, -1):
+            sampled = bool(mask[row, t] > 0)
+            if sampled:
+                weights[row, t] = gamma ** turns_behind
+            elif inside:                     # we just walked out of a turn (backwards)
+                turns_behind += 1
+            inside = sampled
+    return weights
