@@ -496,6 +496,7 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
 #     A_{i,t} = gamma^k(t) * A_i      k(t) = learner turns of episode i after the turn of token t
 #
 # Turns are the runs of 1s in the loss mask: the environment always writes tokens between two turns.
+# Measured on TicTacToe with gamma 0.5: 19.0% losses against the default's 15.5% (README); exercise 07.
 def turn_weights(mask, gamma):
     """(N, T) float mask -> (N, T) weights gamma^k on sampled tokens (1 on the others, which are masked)."""
     sampled = mask > 0
@@ -504,7 +505,8 @@ def turn_weights(mask, gamma):
     starts = (sampled & ~previous).to(torch.float32)                       # (N, T): 1 where a turn begins
     turn_index = starts.cumsum(dim=1)                                      # (N, T): 1, 2, ... per turn
     turns_after = starts.sum(dim=1, keepdim=True) - turn_index            # (N, T)
-    return torch.where(sampled, torch.pow(torch.tensor(float(gamma)), turns_after), torch.ones_like(turns_after))
+    weights = torch.pow(torch.tensor(float(gamma)), turns_after)                # (N, T)
+    return torch.where(sampled, weights, torch.ones_like(weights))
 
 
 # -----------------------------------------------------------------------------
@@ -648,8 +650,8 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
     """Forward/backward over micro-batches; leaves the summed gradient in .grad. Returns merged stats.
 
     ids, attn, mask: (N, T); advantages: (N,), or (N, T) aligned with ids (turn discount). mask[:, t] = 1
-    where token t was sampled, so the target mask of the shifted log-probs is mask[:, 1:]. cfg needs: temperature, loss_type, beta,
-    eps_low, eps_high, entropy_coef, micro_batch_size, max_completion_length.
+    where token t was sampled, so the target mask of the shifted log-probs is mask[:, 1:]. cfg needs:
+    temperature, loss_type, beta, eps_low, eps_high, entropy_coef, micro_batch_size, max_completion_length.
     """
     device = next(model.parameters()).device
     target_mask = mask[:, 1:]                                                   # (N, T-1)
@@ -728,7 +730,8 @@ def opponent_kind(spec):
 
 
 def make_opponent(spec, policy_path, device, dtype, max_new):
-    """--opponent: random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self | http://host:port/v1[#model-name]."""
+    """--opponent: random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self |
+    http://host:port/v1[#model-name]."""
     kind = opponent_kind(spec)
     if kind == "bot":
         return spec or None

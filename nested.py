@@ -771,7 +771,8 @@ OWN_HELP = {
     "out_dir": "root folder: <out-dir>/<setting>/<row>/seed<s>/ (re-running skips finished runs)",
 }
 # grpo.py flags that nested.py sets itself, so they are not offered here.
-NOT_FROM_GRPO = ("game", "out_dir", "eval_games", "eval_every", "seed", "eval_opponent")
+NOT_FROM_GRPO = ("game", "out_dir", "eval_games", "eval_every", "seed", "eval_opponent",
+                 "tactic_start")        # TicTacToe-only start states: our tasks build their own envs
 # grpo.py defaults that differ for this experiment (the rest are grpo.py's own).
 GRPO_OVERRIDES = dict(steps=steps, num_groups=num_groups, group_size=group_size, filter_ratio=filter_ratio,
                       lr=lr, lr_warmup_steps=lr_warmup_steps, micro_batch_size=micro_batch_size,
