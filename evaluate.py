@@ -211,7 +211,7 @@ def game_report(spec, episodes):
                              "blocked": rate_with_interval(count["blocks_made"], count["block_chances"])}
     # Matrix games: success per classic game and role ("Stag Hunt P2"), where a policy that collapsed onto
     # one wrong action for a game shows as 0/n (README, matrix results).
-    if all("game" in ep.info and "role" in ep.info for ep in episodes) and episodes:
+    if episodes and all("game" in ep.info and "role" in ep.info for ep in episodes):
         by = collections.defaultdict(list)
         for ep in episodes:
             by[f"{ep.info['game']} {ep.info['role']}"].append(bool(ep.info.get("success")))
