@@ -18,15 +18,14 @@ Interface (other files rely on exactly these names):
     make_arith_problem(rng, steps, max_operand, split) -> dict;  check_answer(answer, gold) -> bool
     OpenAIChatOpponent(base_url, model): an LLM opponent over HTTP, standard library only
 
-Rewards (GIFT App. B.3): success 1, failure 0, TicTacToe draw 0.5. An unparseable or illegal answer
-gets -0.1, uses up the turn, leaves the state unchanged, and the player may try again while turns
-remain. If the turns run out first, the episode ends as "truncated" (no extra reward). The
+Rewards (GIFT, arXiv 2601.05633, App. B.3): success 1, failure 0, TicTacToe draw 0.5. A reply that does
+not END with a complete <answer>...</answer>, or holds an illegal answer, gets -0.1, uses up the turn,
+leaves the state unchanged, and the player may try again while turns remain. If the turns run out first, the episode ends as "truncated" (no extra reward). The
 single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad answer: -0.1, "truncated".
 
 Options (all envs also take compact=False):
-    matrix      games="classic"|"random", transform=True, template=None|0..6
-    tictactoe   opponent="random"|"greedy"|"minimax"|"greedy:P"|"minimax:P"|callable, opponent_tries=3,
-                random_start=False, max_turns=5, tactic_start=0.0 (chance to start with a win or a threat)
+    matrix      transform=True, template=None|0..6
+    tictactoe   opponent="random"|"minimax"|callable, opponent_tries=3, random_start=False, max_turns=5
     spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
     arith       steps=2, max_operand=20, split="train"|"ood"
     math_jsonl  path (required)
@@ -41,9 +40,11 @@ Compact observations, for a tiny byte-level model (a bad answer puts a line "inv
 What we simplified or changed vs GIFT (and why), one line each:
 - Matrix target: a pure Nash equilibrium (highest payoff sum, then lowest numbers), else the argmax of our
   own mixed equilibrium. GIFT takes the argmax of nashpy's LAST equilibrium (section 3), so labels differ.
+- The reply must end with its answer, as GIFT's parser demands; unlike GIFT, no <think> block is required.
 - Matrix invalid answers cost -0.1 (GIFT's env gives 0); the same rule then holds for every game.
 - TicTacToe: "x" always moves first (GIFT's Player 1 is "O"). The opponent is random, minimax or any
   callable such as an LLM; GIFT always uses Qwen3-14B. The intro text is picked once per episode.
+  (Research opponents -- greedy, noisy minimax -- live in experiments/blocking.py.)
 - Spy: bots with clue lists (data/spy_words.json, our own) stand in for the Qwen3-14B opponents. The
   vote instruction is the same for spy and civilians; GIFT's differs, which gives the role away.
 - MATH is replaced by "arith": seeded multi-step integer word problems a tiny model can learn. An
@@ -83,9 +84,6 @@ MAX_ANSWER_CHARS = 400     # longer answers are invalid: moves, votes, clues and
 MATRIX_OFFSETS = (0, 100, -100)  # added to every payoff, drawn uniformly (GIFT App. A.1 and code)
 MATRIX_NEGATE_PROB = 0.5         # chance to multiply both payoff matrices by -1 (GIFT App. A.1)
 MATRIX_NEGATE_BELOW_ID = 7       # GIFT's code negates only games 0..6; we do the same for the classics
-RANDOM_GAME_SIZES = (2, 4)       # "random" games: rows and columns each drawn from 2..4
-RANDOM_PAYOFFS = (0, 9)          # integer payoffs of random games, inclusive
-RANDOM_GAME_TRIES = 10_000       # rejection-sampling budget for one game with a unique pure NE
 NASH_TOL = 1e-9                  # numerical slack in the support-enumeration checks
 
 TTT_MAX_TURNS = 5                # learner moves per game; the game always ends by then (GIFT App. B.3)
@@ -112,13 +110,19 @@ FORMAT_RULE = ("Reason inside <think> </think>, then give only your final answer
 
 
 # -----------------------------------------------------------------------------
-# 1. The answer format (GIFT section 1.0)
+# 1. The answer format (GIFT App. A; its parser in the official code)
 #
 #     reply = "<think> reasoning </think> <answer> action </answer>"
 #
-# GIFT's regex insists that the reply ENDS with </answer> and holds exactly one think block.
-# We are more tolerant: chatter around the tags is fine, and the LAST complete pair wins,
-# because a model that "corrects itself" usually writes the final answer last.
+# Two rules, one for reading the answer and one for when a reply counts:
+#   - READ: the content of the LAST complete <answer>...</answer> pair, because a model that "corrects
+#     itself" writes the final answer last. Chatter before the tags is fine (GIFT also demands one
+#     <think> block; we do not).
+#   - COUNT (game turns only, `answer_ends_reply`): nothing but whitespace may follow that pair. GIFT's
+#     regex ends in "</answer>$" for the same reason: a reply that runs on after its answer has not
+#     finished. Without this rule the tiny model's answers drifted to "<answer>(2,2)</answer></answer>
+#     </answer>..." up to the token limit, since the drift cost no reward (docs/LOG.md, 2026-12-02).
+#     Benchmark replies (evaluate.py) are only READ, so there trailing text is allowed.
 #
 # The scan is one pass over the tags, so 1 MB of text costs 1 MB of work. A pattern such as
 # "<answer>(.*?)</answer>" would rescan to the end of the text from every unclosed <answer>,
@@ -131,19 +135,31 @@ FORMAT_RULE = ("Reason inside <think> </think>, then give only your final answer
 ANSWER_RE = re.compile(r"<(/?)answer>", re.IGNORECASE | re.ASCII)   # one opening or closing tag
 
 
-def parse_answer(text):
-    """Content of the last complete <answer>...</answer> pair, stripped; None if there is none or it is empty."""
+def _last_pair(text):
+    """(content, end): the raw content of the last complete pair and where its closing tag ends."""
     if not isinstance(text, str):
         raise TypeError(f"parse_answer expects a str, got {type(text).__name__}")
-    content, start = None, None
+    content, start, end = None, None, None
     for tag in ANSWER_RE.finditer(text):
         if not tag.group(1):                          # <answer>
             start = tag.end()
         elif start is not None:                       # </answer> closing an open tag
-            content, start = text[start:tag.start()], None
+            content, start, end = text[start:tag.start()], None, tag.end()
+    return content, end
+
+
+def parse_answer(text):
+    """Content of the last complete <answer>...</answer> pair, stripped; None if there is none or it is empty."""
+    content, _ = _last_pair(text)
     if content is None:
         return None
     return content.strip() or None
+
+
+def answer_ends_reply(text):
+    """True if a complete answer pair exists and only whitespace follows it (the COUNT rule above)."""
+    content, end = _last_pair(text)
+    return content is not None and not text[end:].strip()
 
 
 def format_answer(action, think=None):
@@ -179,11 +195,6 @@ class TextEnv:
         self.rng = random.Random(self.seed)
         self.turn, self.done, self.outcome = 0, False, "ongoing"
 
-    def split_rng(self, stream):
-        """Call after reset(seed): the rest of the episode (the bots' moves, clues and votes) draws from the
-        stream (seed, stream); the start state stays the seed's. grpo.py gives each game of a group its own."""
-        self.rng = random.Random(f"{self.seed}/{stream}")
-
     def _take_turn(self, response):
         """Start a learner turn: check the episode is running and pull the answer out of the reply.
         Returns (answer, error); error is None when the reply holds a usable answer."""
@@ -197,6 +208,8 @@ class TextEnv:
         answer = parse_answer(response)
         if answer is None:
             return None, "no <answer>...</answer> with content found"
+        if not answer_ends_reply(response):
+            return answer, "text after the last </answer>: the reply must end with its answer"
         if len(answer) > MAX_ANSWER_CHARS:
             return answer[:MAX_ANSWER_CHARS], f"the answer is longer than {MAX_ANSWER_CHARS} characters"
         return answer, None
@@ -316,8 +329,8 @@ def mixed_equilibria(A, B):
 #      lowest (row, col);
 #   2. none: take the first mixed equilibrium of 3b and the role's most likely action (lowest on ties).
 # GIFT instead takes nashpy's LAST support-enumeration equilibrium and its argmax. For games with
-# several equilibria that is often the mixed one, so some labels differ (GIFT's column from the notes
-# in shared/papers/gift.md; ours pinned by tests/test_games.py):
+# several equilibria that is often the mixed one, so some labels differ (GIFT's column: nashpy 0.0.43 run
+# on the official code's games, docs/PAPERS.md; ours pinned by tests/test_games.py):
 #
 #     game                      ours P1,P2  negated       GIFT P1,P2  negated
 #     Prisoner's Dilemma        2,2         1,1           2,2         1,1
@@ -344,24 +357,7 @@ def matrix_target(A, B, role):
     return int(np.flatnonzero(strategy >= strategy.max() - NASH_TOL)[0]) + 1
 
 
-# 3d. Random games for unlimited variety: rejection sampling until exactly one pure equilibrium,
-# so the target never depends on our tie rule. The sign flip happens before the check, because
-# negation changes the equilibria; the offset is added afterwards since it changes nothing.
-def random_matrix_game(rng, negate_prob=0.0):
-    """(A, B, negated): integer payoffs, 2..4 actions each, a unique pure NE."""
-    for _ in range(RANDOM_GAME_TRIES):
-        m, n = rng.randint(*RANDOM_GAME_SIZES), rng.randint(*RANDOM_GAME_SIZES)
-        A = np.array([[rng.randint(*RANDOM_PAYOFFS) for _ in range(n)] for _ in range(m)])
-        B = np.array([[rng.randint(*RANDOM_PAYOFFS) for _ in range(n)] for _ in range(m)])
-        negated = rng.random() < negate_prob
-        if negated:
-            A, B = -A, -B
-        if len(pure_equilibria(A, B)) == 1:
-            return A, B, negated
-    raise RuntimeError(f"no game with a unique pure equilibrium in {RANDOM_GAME_TRIES} tries")
-
-
-# 3e. Prompt templates: the same game in seven layouts, so the model learns the game and not one
+# 3d. Prompt templates: the same game in seven layouts, so the model learns the game and not one
 # table format (GIFT's code has 12 layouts; these are ours). Each gets (A, B, role) and returns
 # the description; the role line and the question are added around it.
 def _grid(A, B, cell):
@@ -433,28 +429,22 @@ class MatrixEnv(TextEnv):
     name = "matrix"
     max_turns = 1
 
-    def __init__(self, games="classic", transform=True, template=None, compact=False):
+    def __init__(self, transform=True, template=None, compact=False):
         super().__init__(compact)
-        if games not in ("classic", "random"):
-            raise ValueError(f"matrix: games must be 'classic' or 'random', got {games!r}")
         if template is not None and template not in range(len(MATRIX_TEMPLATES)):
             raise ValueError(f"matrix: template must be None or 0..{len(MATRIX_TEMPLATES) - 1}, got {template!r}")
-        self.games, self.transform, self.fixed_template = games, bool(transform), template
+        self.transform, self.fixed_template = bool(transform), template
 
     def reset(self, seed):
         self._begin(seed)
         rng = self.rng
-        if self.games == "classic":
-            game_id = rng.randrange(len(MATRIX_GAMES))
-            self.game_name, A, B = MATRIX_GAMES[game_id]
-            A, B = np.array(A), np.array(B)
-            # GIFT's code: flip signs with p=1/2 only for game ids < 7 (not GAME, not Weakly Dominated).
-            self.negated = self.transform and game_id < MATRIX_NEGATE_BELOW_ID and rng.random() < MATRIX_NEGATE_PROB
-            if self.negated:
-                A, B = -A, -B
-        else:
-            A, B, self.negated = random_matrix_game(rng, MATRIX_NEGATE_PROB if self.transform else 0.0)
-            self.game_name = f"random {A.shape[0]}x{A.shape[1]}"
+        game_id = rng.randrange(len(MATRIX_GAMES))
+        self.game_name, A, B = MATRIX_GAMES[game_id]
+        A, B = np.array(A), np.array(B)
+        # GIFT's code: flip signs with p=1/2 only for game ids < 7 (not GAME, not Weakly Dominated).
+        self.negated = self.transform and game_id < MATRIX_NEGATE_BELOW_ID and rng.random() < MATRIX_NEGATE_PROB
+        if self.negated:
+            A, B = -A, -B
         # The offset moves every payoff by the same amount: equilibria stay, the numbers look new.
         self.offset = rng.choice(MATRIX_OFFSETS) if self.transform else 0
         self.A, self.B = A + self.offset, B + self.offset
@@ -542,40 +532,6 @@ def _place(board, cell, mark):
     return tuple(board[:cell]) + (mark,) + tuple(board[cell + 1:])
 
 
-def ttt_winning_cells(board, mark):
-    """The empty cells where `mark` completes a line at once (a win to take, or a threat to block)."""
-    return [k for k in ttt_legal_moves(board) if ttt_winner(_place(board, k, mark)) == mark]
-
-
-# Every position of the game, for a probe of tactics that does not depend on how a policy plays
-# (evaluate.py --tactics). A board with no line on it and x = o or x = o + 1 pieces is always reachable
-# (no prefix of its moves can hold a line either), so these are all 4,520 unfinished positions: the
-# 5,478 legal positions of TicTacToe minus its 958 finished ones.
-@functools.lru_cache(maxsize=None)
-def ttt_positions():
-    """((board, mark to move), ...) for every unfinished position, in a fixed order."""
-    found = []
-    for cells in itertools.product("xo" + EMPTY, repeat=9):
-        nx, no = cells.count("x"), cells.count("o")
-        if nx - no in (0, 1) and EMPTY in cells and ttt_winner(cells) is None:
-            found.append((cells, "x" if nx == no else "o"))
-    return tuple(found)
-
-
-@functools.lru_cache(maxsize=None)
-def ttt_tactic_positions():
-    """((board, mark, kind, cells), ...): kind "win" where `mark` can win at once (cells: where), else "block"
-    where the opponent threatens exactly one cell (two threats cannot both be blocked, so they are left out)."""
-    probe = []
-    for board, mark in ttt_positions():
-        wins, threats = ttt_winning_cells(board, mark), ttt_winning_cells(board, _other(mark))
-        if wins:
-            probe.append((board, mark, "win", wins))
-        elif len(threats) == 1:
-            probe.append((board, mark, "block", threats))
-    return tuple(probe)
-
-
 # Perfect play by negamax: the value of a position for the player to move is
 #
 #     V(s) = +1 win, 0 draw, -1 loss;    V(s) = max over moves m of -V(s after m)
@@ -598,7 +554,12 @@ def minimax_values(board, to_move):
     return {m: -_negamax(_place(board, m, to_move), _other(to_move)) for m in ttt_legal_moves(board)}
 
 
-# The FIRST pair counts (GIFT's parser does the same), so "(1,1) or maybe (2,2)" plays (1,1).
+# The FIRST pair counts (GIFT's parser does the same), so "(1,1) or maybe (2,2)" plays (1,1). That is how we
+# read an opponent's reply. The LEARNER's answer must be exactly one move (ONE_MOVE_RE): otherwise text such
+# as "(2,2)(2,2)(2,2)" would cost nothing, and GRPO's sampling noise would let answers grow (docs/LOG.md).
+ONE_MOVE_RE = re.compile(r"\(?\s*[1-3]\s*(?:,\s*|\s)\s*[1-3]\s*\)?")
+
+
 def parse_ttt_move(answer):
     """0..8 for the first "(row,col)" in the answer, or None; out-of-range digits give None."""
     found = MOVE_RE.search(answer or "")
@@ -618,29 +579,7 @@ TTT_INTROS = (
 )   # GIFT has 4 intros and redraws one every turn; we draw one per episode
 
 
-# The built-in opponents. "greedy" is the weakest bot that punishes a missed block: it completes a line
-# whenever it can, and otherwise plays at random (it never blocks). "minimax" plays perfectly.
-# "greedy:P" and "minimax:P" are noisy: each reply is the bot's own with probability P, else random.
-TTT_BOTS = ("random", "greedy", "minimax")
-
-
-def bot_opponent(opponent):
-    """(bot, P) for a bot spec ("minimax" -> ("minimax", None), "greedy:0.5" -> ("greedy", 0.5)); None for
-    anything else, such as a callable. A bad P is an error."""
-    if not isinstance(opponent, str):
-        return None
-    name, sep, p_text = opponent.partition(":")
-    if name not in TTT_BOTS or (sep and name == "random"):
-        return None
-    if not sep:
-        return name, None
-    try:
-        p = float(p_text)
-    except ValueError:
-        p = -1.0
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"tictactoe: opponent {opponent!r}: P in {name}:P must be a number in [0, 1]")
-    return name, p
+TTT_BOTS = ("random", "minimax")   # built-in opponents; any callable prompt -> reply is an opponent too
 
 
 class TicTacToeEnv(TextEnv):
@@ -648,15 +587,10 @@ class TicTacToeEnv(TextEnv):
     name = "tictactoe"
 
     def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
-                 max_turns=TTT_MAX_TURNS, compact=False, tactic_start=0.0):
+                 max_turns=TTT_MAX_TURNS, compact=False):
         super().__init__(compact)
-        if not 0.0 <= tactic_start <= 1.0:
-            raise ValueError(f"tictactoe: tactic_start is a probability in [0, 1], got {tactic_start!r}")
-        self.tactic_start = float(tactic_start)
-        self.bot = bot_opponent(opponent)                   # None for a callable opponent
-        if self.bot is None and not callable(opponent):
-            raise ValueError(f"tictactoe: opponent must be 'random', 'greedy', 'minimax', 'greedy:P', 'minimax:P' "
-                             f"(0 <= P <= 1) or a callable, got {opponent!r}")
+        if opponent not in TTT_BOTS and not callable(opponent):
+            raise ValueError(f"tictactoe: opponent must be 'random', 'minimax' or a callable, got {opponent!r}")
         self.opponent, self.opponent_tries = opponent, int(opponent_tries)
         self.random_start, self.max_turns = bool(random_start), int(max_turns)
 
@@ -673,14 +607,6 @@ class TicTacToeEnv(TextEnv):
         self.mark = "x" if learner_first else "o"
         self.opponent_mark = _other(self.mark)
         self.board = (EMPTY,) * 9
-        self.tactics = {"win_chances": 0, "wins_taken": 0, "block_chances": 0, "blocks_made": 0}
-        # tactic_start (ours, not GIFT's): with this probability the game starts in a position with a win to
-        # take or a threat to block (ttt_tactic_positions). All G games of a group then face the SAME
-        # decision first, so GRPO compares the moves made there directly. Drawn only when > 0, so the
-        # default keeps the paper's start states, random stream included.
-        if self.tactic_start and rng.random() < self.tactic_start:
-            board, mark, _, _ = rng.choice(ttt_tactic_positions())
-            return self.set_position(board, mark)
         if self.random_start and rng.random() < 0.5:
             for mark in ("x", "o"):
                 self.board = _place(self.board, rng.choice(ttt_legal_moves(self.board)), mark)
@@ -733,14 +659,9 @@ class TicTacToeEnv(TextEnv):
     def _opponent_move(self):
         """A cell for the opponent, or None if a callable opponent failed every try."""
         moves = ttt_legal_moves(self.board)
-        if self.bot is not None:
-            bot, p = self.bot
-            # A noisy bot draws first; a plain name draws nothing here, so its games stay as they were.
-            if bot == "random" or (p is not None and self.rng.random() >= p):
-                return self.rng.choice(moves)
-            if bot == "greedy":
-                wins = ttt_winning_cells(self.board, self.opponent_mark)
-                return self.rng.choice(wins if wins else moves)
+        if self.opponent == "random":
+            return self.rng.choice(moves)
+        if self.opponent == "minimax":
             # Perfect, and random among equally good moves so games differ between seeds.
             values = minimax_values(self.board, self.opponent_mark)
             best = max(values.values())
@@ -765,23 +686,13 @@ class TicTacToeEnv(TextEnv):
     def step(self, response):
         answer, error = self._take_turn(response)
         cell = parse_ttt_move(answer) if error is None else None
-        extra = {"action": None if cell is None else ttt_move_str(cell), "opponent_action": None, "mark": self.mark}
-        if error is None and cell is None:
-            error = f"{answer!r} is not a move (row,col) with row and col in 1..3"
+        if error is None and (cell is None or not ONE_MOVE_RE.fullmatch(answer)):
+            cell, error = None, f"{answer!r} is not one move (row,col) with row and col in 1..3"
         elif error is None and self.board[cell] != EMPTY:
             error = f"cell {ttt_move_str(cell)} is already taken"
+        extra = {"action": None if cell is None else ttt_move_str(cell), "opponent_action": None, "mark": self.mark}
         if error:
-            return self._invalid(error, answer, board="".join(self.board), **extra, **self.tactics)
-        # Tactics, an instrument and not a reward: could this move win at once, and did it? If not, did
-        # the opponent threaten to win next move, and did this move block? Running counts for the game.
-        wins, threats = ttt_winning_cells(self.board, self.mark), ttt_winning_cells(self.board, self.opponent_mark)
-        if wins:
-            self.tactics["win_chances"] += 1
-            self.tactics["wins_taken"] += cell in wins
-        elif threats:
-            self.tactics["block_chances"] += 1
-            self.tactics["blocks_made"] += cell in threats
-        extra.update(self.tactics)
+            return self._invalid(error, answer, board="".join(self.board), **extra)
         self.board = _place(self.board, cell, self.mark)
         over = self._game_over(answer, {**extra, "board": "".join(self.board)})
         if over:
@@ -1056,7 +967,7 @@ class SpyEnv(TextEnv):
 
 
 # -----------------------------------------------------------------------------
-# 6. Arithmetic: the formal task, standing in for MATH (GIFT section 1.4)
+# 6. Arithmetic: the formal task, standing in for MATH (GIFT §4.1.1)
 #
 # GIFT's formal task is MATH level 3-5, checked by math_verify. A tiny model cannot touch that, so
 # "arith" gives seeded integer word problems with a known step-by-step solution:
@@ -1299,22 +1210,27 @@ class ArithEnv(TextEnv):
         return self._grade(answer, error, self.problem["answer"], extra)
 
 
-def jsonl_objects(path):
-    """(line number, dict) for every non-blank line of a JSONL file; anything else stops with file:line.
+def parse_jsonl_line(line, where):
+    """One line of a JSONL file as a dict (None if blank); anything else is a ValueError naming `where`."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
 
-    The one JSONL reader of the codebase: math_jsonl here, and evaluate.py's benchmark files.
-    """
+
+def jsonl_objects(path):
+    """(line number, dict) for every non-blank line; a bad line stops with file:line. The JSONL reader of
+    math_jsonl here, evaluate.py's benchmark files, grpo.read_log and (line by line) glow_sft.py's data."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
+            row = parse_jsonl_line(line, f"{path}:{number}")
+            if row is not None:
+                yield number, row
 
 
 class MathJsonlEnv(TextEnv):

@@ -3,47 +3,38 @@ grpo.py -- Group Relative Policy Optimisation for multi-turn text games, from sc
 
 What it does: plays G games from each start state with the current policy, scores every game with the
 environment's reward, and pushes up the log-probability of the moves of games that beat their group's
-average (DeepSeekMath GRPO; the GIFT paper's "StarPO*" variant, GIFT App. B.1-B.3). No value network:
-the group mean is the baseline. Everything -- rollout, advantages, filtering, loss, optimiser step,
-checkpoints -- is in this one file, on torch + transformers only (no TRL, no Trainer, no accelerate).
+average (DeepSeekMath's GRPO in the "StarPO*" form of GIFT, arXiv 2601.05633, App. B.1-B.3). No value
+network: the group mean is the baseline. Rollout, advantages, filter, loss, update, checkpoints: all here,
+on torch + transformers only.
 
-The loop, once per step:
-  1. rollout   all episodes advance in lockstep; each turn is ONE batched `generate` over every
-               unfinished episode. We keep the exact sampled token ids, and a loss mask that is 1 on
-               sampled tokens and 0 on everything the environment or the chat template wrote.
-  2. reward    R_i = sum of the turn rewards of episode i (success 1, draw 0.5, illegal move -0.1).
-  3. advantage A_i = (R_i - mean_group R) / (std_group R + eps)           (section 4)
-  4. filter    keep the groups with the largest reward std (StarPO*, GIFT App. B.3)  (section 5)
-  5. update    clipped surrogate on every sampled token, one A_i per episode (section 7)
+One step of the loop (section 11):
+  1. rollout    every episode advances in lockstep, one batched `generate` per turn; we keep the exact
+                sampled token ids and a loss mask that is 1 on them and 0 on what the env or template wrote
+  2. reward     R_i = the sum of episode i's turn rewards (win 1, draw 0.5, invalid answer -0.1)
+  3. advantage  A_i = (R_i - mean_group R) / (std_group R + eps)                        (section 1)
+  4. filter     keep the groups whose rewards vary most (StarPO*)                       (section 2)
+  5. update     clipped surrogate on every sampled token, A_i on each token of episode i (sections 3, 4, 8)
 
-What we simplified (and why):
-  - HF `generate` instead of vLLM: a dependency we may not take, and at our sizes generation is cheap.
-  - Old log-probs are the training forward pass itself when --num-iterations is 1 (exactly on-policy,
-    ratio = 1 in value); they are computed separately only for several PPO epochs.
-  - No dual-clip (verl's c = 3 for negative advantages): with one PPO epoch the ratio never leaves 1.
-  - The tiny default model sees compact observations (a 3-line board, not a paragraph of rules);
-    the same environments give full natural-language prompts to real models.
-  - We keep the token ids that were sampled; GIFT's code re-tokenises the reformatted text instead
-    (gift.md 5.1). Ours is the cleaner choice: the ratio is always computed on what was sampled.
-  - The G games of a group share the bots' dice by default (--env-rng shared); GIFT's LLM opponent
-    samples afresh in every game (--env-rng per-game). Measured: shared won more games (section 3b).
-  - Ours, off by default (README): --turn-discount (per-move credit), --tactic-start (games that start
-    with a win or a threat on the board) and the "greedy" opponent. None of them taught blocking.
+What we simplified (and why), one line each (docs/PAPERS.md has the full list):
+  - HF `generate` (or transformers' continuous batching, --rollout fast) instead of vLLM: no new dependency.
+  - We train on the token ids that were sampled; GIFT's code re-tokenises reformatted text.
+  - No dual-clip (verl's c = 3): with one optimiser step per rollout the ratio never leaves 1.
+  - The tiny default model reads compact observations (a 3-line board, not a paragraph of rules).
 
-Run:  python grpo.py                        # tiny model, TicTacToe vs random, 2 CPU cores, 6.7 min:
-                                            # greedy wins 52.5% -> 80.0%, losses 38.5% -> 15.5% (README)
-      python grpo.py --game matrix --lr 2e-4 --steps 100   # nine matrix games: 44.0% -> 58.5% (README;
-                                            # at lr 5e-4 it collapsed)
-      python grpo.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --group-size 16 --lr 1e-6 \
-          --eps-high 0.28 --filter-ratio 0.25 --max-new-tokens 600 --num-groups 8 --micro-batch-size 4
+Run:  python grpo.py        # tiny, TicTacToe vs random, 2 CPU cores, ~7 min; prints greedy win/loss before and
+                            # after, e.g.  | after | 83.5% | ... (docs/RESULTS.md has the measured line)
+      python grpo.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --precision bf16 --gradient-checkpointing \\
+          --lr 1e-6 --filter-ratio 0.25 --minibatches 2 --max-new-tokens 600 --micro-batch-size 4 --threads 0
+      python grpo.py --model Qwen/Qwen2.5-7B-Instruct ... --lora-rank 64 --lora-alpha 128 --lr 1e-5   # one 80 GB card
 """
-
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -52,424 +43,78 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import games
 
-# -----------------------------------------------------------------------------
-# Hyperparameters: the defaults of `python grpo.py`. Each is also a --flag (see --help).
-# The defaults are sized for the tiny model on a 2-core CPU; the paper's values are in the comments.
-model_name = "tiny"          # "tiny" (built in code, no download), a hub name, or a local directory
-game = "tictactoe"           # which environment of games.py to train on
-opponent = "random"          # random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self | http://...
-eval_opponent = ""           # the opponent of the before/after evaluation; "" = the training opponent
-steps = 200                  # optimiser steps; GIFT runs 100-300 (gift.md 3.6)
-num_groups = 8               # start states (= GRPO groups) per step; GIFT uses 8
-group_size = 16              # G: games per start state; GIFT uses 16 (8 measured worse, README)
-filter_ratio = 1.0           # StarPO* keeps this top fraction of groups by reward std; GIFT uses 0.25
-lr = 7e-4                    # AdamW learning rate; GIFT (verl default) uses 1e-6 for 1.5B/7B models
-weight_decay = 0.0           # AdamW weight decay; verl uses 0.01
-lr_warmup_steps = 0          # linear learning-rate warm-up over the first N steps; verl's default is 0
-lr_decay = "none"            # none | cosine: after warm-up, keep lr (verl's constant default) or decay it to 0
-grad_clip = 1.0              # max global grad norm (verl default 1.0)
-eps_low = 0.2                # PPO clip below 1 ...
-eps_high = 0.28              # ... and above 1: DAPO's "clip-higher", GIFT App. B.3 uses 0.2 / 0.28
-beta = 0.0                   # k3 KL coefficient to a frozen reference; GIFT uses 0 (no reference model)
-entropy_coef = 0.001         # entropy bonus; GIFT App. B.3 uses 0.001
-loss_type = "grpo"           # grpo | bnpo | dr_grpo | dapo (section 7); GIFT's verl setup is "grpo"
-scale_rewards = "group"      # group | batch | none: the std in the advantage (section 4)
-env_rng = "shared"           # shared | per-game: the G games of a group share the start state; do they also share
-                             # the bots' later random moves? (section 3b)
-tactic_start = 0.0           # TicTacToe: chance that a training game starts in a position with a win to take or a
-                             # threat to block (games.ttt_tactic_positions); 0 = GIFT's start states only
-turn_discount = 1.0          # gamma: a move k learner turns before the game's end gets gamma^k of its game's
-                             # advantage (section 4b); 1.0 = GIFT's trajectory-level credit
-num_iterations = 1           # PPO epochs over each rollout batch; GIFT uses 1
-minibatches = 1              # optimiser steps per PPO epoch (the batch is split); GIFT's verl config gives 1-2
-micro_batch_size = 64        # episodes per forward/backward; gradients are accumulated over a step
-temperature = 1.0            # sampling temperature for rollouts; GIFT trains at 1.0
-top_p = 1.0                  # nucleus sampling; 1.0 = off (GIFT)
-max_new_tokens = 24          # per turn; the tiny model answers "<answer>(2,3)</answer>" in 4 tokens; GIFT 600
-eval_games = 200             # games before and after training (empty board, random first player)
-eval_every = 0               # also evaluate every N steps (0 = only before and after)
-save_every = 50              # checkpoint every N steps (and always on Ctrl-C and at the end)
-sample_every = 25            # write a few decoded episodes to samples.jsonl every N steps
-seed = 0                     # one seed for torch, numpy, python and the environments
-threads = 1                  # torch CPU threads: the tiny model's small matrices gain little from more,
-                             # and on a shared 2-core machine 2 threads per process run 3-5x slower
-out_dir = "runs/grpo"        # log.jsonl, samples.jsonl, checkpoint/
 
-# The tiny model (section 1). About 0.9M parameters: big enough to learn TicTacToe, small enough for a CPU.
-TINY_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
-                   tie_word_embeddings=True)
-TINY_DIR = os.environ.get("TINY_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "tiny"))
-# The tiny base model is warm-started in two phases (section 10): TicTacToe alone first, because reading a
-# board and answering a legal move takes far more practice than an answer format; then every game, with
-# TicTacToe still half of the transcripts so that its legality is kept.
-WARM_GAMES = ("tictactoe", "matrix", "tictactoe", "arith", "tictactoe", "spy")
-WARM_STEPS = 400             # behaviour-cloning steps of EACH phase (section 10)
-WARM_BATCH = 32              # episodes per behaviour-cloning step
-WARM_LR = 2e-3               # behaviour-cloning learning rate of phase 1; phase 2 uses half
-TINY_RECIPE_VERSION = 2      # bump when the tokenizer, observations or warm start change: old caches rebuild
+def flag(default, help, choices=None):
+    """A setting: its default, the --help text, and (optionally) its allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 # -----------------------------------------------------------------------------
-# 1. Models
-#
-# `load_policy` is the only way a model gets into this codebase: AutoModelForCausalLM /
-# AutoTokenizer.from_pretrained on a hub name or a local directory. The embedded default "tiny" is
-# built in code once (a byte-level tokenizer and a small Qwen2-architecture model), saved with
-# save_pretrained, and from then on loaded through exactly the same from_pretrained call.
-#
-# Why a byte-level tokenizer: nothing can be downloaded here, so we cannot borrow Qwen's
-# vocabulary. Ours is Qwen2's own tokenizer design -- byte-level BPE -- with an EMPTY merge list: every
-# byte is one token, so any text (unicode too) encodes, and transformers' Qwen2Tokenizer rebuilds it
-# identically when from_pretrained sees model_type "qwen2" (transformers 5 re-creates the tokenizer
-# from the model type; a tokenizer of another design would silently lose its newlines there -- a test
-# guards this). The chat markers, the four format tags and the nine TicTacToe moves are single tokens.
-TINY_SPECIAL = ["<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-TINY_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
-# One token per TicTacToe move, as a real BPE vocabulary has one token for a frequent string: each turn's
-# decision is then ONE sampled token (the rest of "<answer>(2,3)</answer>" is format), which keeps the
-# credit of a game's reward on the moves and halves the tokens a rollout generates.
-TINY_MOVES = [f"({r},{c})" for r in (1, 2, 3) for c in (1, 2, 3)]
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}"
-    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
-    "{% else %}<|assistant|>{{ m['content'] }}<|end|>{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-# Qwen2's pre-tokenizer split (the GPT-4-style regex); with no merges it changes nothing but keeps the
-# tokenizer identical to the one transformers rebuilds.
-QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-
-
-def byte_alphabet():
-    """GPT-2's printable stand-in character for each of the 256 bytes (byte-level BPE's base vocabulary)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
-        list(range(ord("\xae"), ord("\xff") + 1))
-    shifted, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            shifted[b] = chr(b)
-        else:
-            shifted[b] = chr(256 + extra)
-            extra += 1
-    return [shifted[b] for b in range(256)]
-
-
-def build_tiny_tokenizer():
-    """A byte-level tokenizer (one token per byte) with our chat markers and format tags."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(TINY_SPECIAL + TINY_TAGS + byte_alphabet())}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, fuse_unk=False, byte_fallback=False))
-    core.normalizer = normalizers.NFC()
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(TINY_SPECIAL)
-    core.add_tokens(TINY_TAGS + TINY_MOVES)
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|end|>", pad_token="<pad>",
-                                   unk_token=None, chat_template=TINY_CHAT_TEMPLATE)
-
-
-def build_tiny_model(tokenizer, seed=0, sizes=None):
-    """A randomly initialised Qwen2ForCausalLM sized by TINY_CONFIG (or `sizes`, a dict like it)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **(sizes or TINY_CONFIG))
-    return Qwen2ForCausalLM(config)
-
-
-def load_policy(name_or_path, device="cpu", dtype=None):
-    """(model, tokenizer) from a hub name or a local directory; "tiny" = the warm-started tiny model.
-
-    dtype: None keeps float32 (what a CPU wants); pass torch.bfloat16 on a GPU for real models.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name_or_path == "tiny":
-        name_or_path = ensure_tiny(TINY_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    # Generation pads on the left so every prompt ends where generation starts.
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
-    return model.to(device), tokenizer
-
-
-def ensure_tiny(path, steps=WARM_STEPS, seed=0, game_names=WARM_GAMES):
-    """Build + warm-start the tiny model into `path` unless it is already there; returns the path."""
-    stamp = os.path.join(path, "tiny_recipe.json")
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            if json.load(f).get("version") == TINY_RECIPE_VERSION:
-                return path
-    if os.path.exists(os.path.join(path, "config.json")):
-        # A tiny model from an older recipe (other observations, other tokens) would silently play badly.
-        print(f"[tiny] {path} holds an older tiny model (recipe != {TINY_RECIPE_VERSION}); rebuilding it")
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=seed)
-    print(f"[tiny] building the warm-started tiny model in {path} (once; about 7 minutes on 2 cores) ...")
-    # Phase 1, TicTacToe alone: with other games in the batch, the jump from "any move" to "a legal move"
-    # came later than 750 steps (measured); alone it comes after about 300.
-    if "tictactoe" in game_names:
-        warm_start(model, tokenizer, ("tictactoe",), steps=steps, lr_=WARM_LR, seed=seed)
-    # Phase 2, every game, at half the learning rate so that phase 1 is not undone.
-    if set(game_names) != {"tictactoe"}:
-        warm_start(model, tokenizer, game_names, steps=steps, lr_=WARM_LR / 2, seed=seed + 1)
-    # Save next to the target and rename: a process that finds `path` always finds a whole model.
-    tmp = f"{path}.tmp{os.getpid()}"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "tiny_recipe.json"), "w") as f:
-        json.dump({"version": TINY_RECIPE_VERSION, "steps_per_phase": steps, "seed": seed,
-                   "games": list(game_names)}, f)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if os.path.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    os.rename(tmp, path)
-    return path
-
-
-def is_tiny(tokenizer):
-    """True for our byte-level tiny tokenizer: its environments use compact observations."""
-    return tokenizer.chat_template == TINY_CHAT_TEMPLATE
-
-
-# -----------------------------------------------------------------------------
-# 2. Conversations as token ids
-#
-# A multi-turn episode is ONE growing token sequence:
-#     [template + observation 1] [sampled answer 1 + EOS] [template + observation 2] [sampled answer 2 ...
-#      mask 0 ...............     mask 1 ...............   mask 0 ...............    mask 1 ...
-# The environment's text is tokenised as it arrives; the model's text is never re-tokenised (the ids
-# are the ones it sampled), so the log-probs we train are the log-probs of what was actually played.
-# To tokenise just the new environment part, we render the chat with and without the new message
-# and tokenise the difference. That works with any chat template that only appends (Qwen2.5's does).
-
-def render(tokenizer, messages, add_generation_prompt):
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def env_turn_ids(tokenizer, messages, new_user_text):
-    """Token ids of the chat-template text that follows the last EOS and ends at the generation prompt."""
-    before = render(tokenizer, messages, add_generation_prompt=False) if messages else ""
-    after = render(tokenizer, messages + [{"role": "user", "content": new_user_text}], add_generation_prompt=True)
-    # The last sampled token was EOS; whatever the template writes after it (e.g. Qwen's "\n") is ours.
-    cut = before.rfind(tokenizer.eos_token) + len(tokenizer.eos_token) if messages else 0
-    if not after.startswith(before[:cut]):
-        raise ValueError("the chat template rewrites earlier turns (e.g. strips <think>); "
-                         "multi-turn training needs a template that only appends")
-    return tokenizer(after[cut:], add_special_tokens=False)["input_ids"]
-
-
+# Settings: the defaults of `python grpo.py`, sized for the tiny model on a 2-core CPU. Every one is a flag.
 @dataclass
-class Episode:
-    """One game: the token sequence we train on, its loss mask, and what happened."""
-    env: object
-    seed: int
-    group: int
-    task: str = ""                                 # which task the episode belongs to (for per-task logs)
-    messages: list = field(default_factory=list)   # the chat as text (for templates and samples.jsonl)
-    ids: list = field(default_factory=list)        # every token of the episode, prompt included
-    mask: list = field(default_factory=list)       # 1 where the policy sampled the token
-    reward: float = 0.0                            # R_i: the sum of all turn rewards
-    done: bool = False
-    info: dict = field(default_factory=dict)       # the environment's last info
-    turns: int = 0
-    invalid_turns: int = 0                         # turns whose answer was unparseable or illegal
-    cut_turns: int = 0                             # turns that hit max_new_tokens without EOS
+class Settings:
+    model: str = flag("tiny", "tiny (data/tiny, shipped), a hub name, or a local folder")
+    game: str = flag("tictactoe", "environment of games.py: matrix, tictactoe, spy, arith, math_jsonl")
+    opponent: str = flag("random", "random | minimax | model:PATH | model:self | http://host:port/v1#name; GIFT: Qwen3-14B")
+    steps: int = flag(200, "optimiser steps of rollout + update; GIFT runs 100-300")
+    num_groups: int = flag(8, "start states (GRPO groups) per step; GIFT 8")
+    group_size: int = flag(16, "G: games per start state; GIFT 16")
+    filter_ratio: float = flag(1.0, "StarPO*: keep this top fraction of groups by reward std; GIFT 0.25")
+    loss_type: str = flag("grpo", "how token losses are averaged (section 4); GIFT's verl setup = grpo", LOSS_TYPES)
+    scale_rewards: str = flag("group", "the std in the advantage: group | batch | none (section 1)", ("group", "batch", "none"))
+    eps_low: float = flag(0.2, "PPO clip below 1; GIFT 0.2")
+    eps_high: float = flag(0.28, "PPO clip above 1 (DAPO's clip-higher); GIFT 0.28")
+    beta: float = flag(0.0, "k3 KL coefficient to the frozen starting model; GIFT 0 (no reference model)")
+    entropy_coef: float = flag(0.001, "entropy bonus; GIFT 0.001")
+    num_iterations: int = flag(1, "PPO epochs over each rollout batch; GIFT 1")
+    minibatches: int = flag(1, "optimiser steps per PPO epoch, the batch split evenly; GIFT's configs 1-2")
+    lr: float = flag(7e-4, "AdamW learning rate; GIFT 1e-6 on 1.5B/7B models")
+    lr_warmup_steps: int = flag(0, "linear learning-rate warm-up over the first N steps; GIFT 0")
+    temperature: float = flag(1.0, "sampling temperature of rollouts and of the trained log-probs; GIFT 1.0")
+    max_new_tokens: int = flag(24, "tokens the policy may write per turn; tiny needs 4, GIFT allows 600")
+    rollout: str = flag("generate", "generate (HF generate) | fast (continuous batching, for GPUs)", ("generate", "fast"))
+    micro_batch_size: int = flag(64, "episodes per forward/backward; the gradient does not depend on it")
+    precision: str = flag("fp32", "fp32 | bf16: bf16 autocast over fp32 weights (bf16 frozen base with LoRA)", ("fp32", "bf16"))
+    gradient_checkpointing: bool = flag(False, "recompute activations in backward: less memory, ~30% more time")
+    lora_rank: int = flag(0, "rank r of LoRA adapters on every projection (section 5); 0 = train all weights")
+    lora_alpha: float = flag(16.0, "LoRA scale alpha: the adapter adds (alpha / r) B A x")
+    device: str = flag("cpu", "cpu | cuda | cuda:1 ...")
+    threads: int = flag(1, "torch CPU threads (0 = torch's default); tiny's small matrices gain nothing from more")
+    eval_games: int = flag(200, "greedy games before and after training (empty board, random first player); 0 = none")
+    seed: int = flag(0, "one seed for torch, numpy, python and the start states")
+    out_dir: str = flag("runs/grpo", "log.jsonl, samples.jsonl, eval.json, args.json, checkpoint/")
+    resume: bool = flag(False, "continue the run in --out-dir from its checkpoint, with its args.json")
+    overwrite: bool = flag(False, "start afresh in an --out-dir that already holds a run, deleting it")
 
 
-def start_episode(tokenizer, env, seed, group, system_prompt=None, stream=None):
-    ep = Episode(env=env, seed=seed, group=group, task=getattr(env, "name", ""))
-    if system_prompt:
-        ep.messages.append({"role": "system", "content": system_prompt})
-    obs = env.reset(seed)
-    if stream is not None:
-        env.split_rng(stream)
-    prefix = render(tokenizer, ep.messages, False) if ep.messages else ""
-    full = render(tokenizer, ep.messages + [{"role": "user", "content": obs}], True)
-    ep.ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    assert full.startswith(prefix)
-    ep.mask = [0] * len(ep.ids)
-    ep.messages.append({"role": "user", "content": obs})
-    return ep
-
-
-def finish_turn(tokenizer, ep, sampled_ids):
-    """Append one sampled answer (mask 1), step the environment, append its reply (mask 0)."""
-    eos = tokenizer.eos_token_id
-    if eos in sampled_ids:
-        sampled_ids = sampled_ids[: sampled_ids.index(eos) + 1]   # through the first EOS, inclusive
-        ep.ids += sampled_ids
-        ep.mask += [1] * len(sampled_ids)
-        text_ids = sampled_ids[:-1]
-    else:
-        # Hit max_new_tokens. We close the turn with an EOS the model did not sample (mask 0), so the
-        # sequence stays a well-formed chat for the next turn.
-        ep.cut_turns += 1
-        ep.ids += sampled_ids + [eos]
-        ep.mask += [1] * len(sampled_ids) + [0]
-        text_ids = sampled_ids
-    text = tokenizer.decode(text_ids, skip_special_tokens=False)
-    for special in (tokenizer.pad_token, tokenizer.eos_token):
-        text = text.replace(special, "")
-    obs, reward, done, info = ep.env.step(text)
-    ep.turns += 1
-    ep.reward += reward
-    ep.invalid_turns += 0 if info.get("valid", True) else 1
-    ep.info, ep.done = info, done
-    if not done:
-        new_ids = env_turn_ids(tokenizer, ep.messages + [{"role": "assistant", "content": text}], obs)
-        ep.ids += new_ids
-        ep.mask += [0] * len(new_ids)
-    ep.messages += [{"role": "assistant", "content": text}] + ([] if done else [{"role": "user", "content": obs}])
-    return ep
+WEIGHT_DECAY = 0.0        # AdamW weight decay; verl (GIFT) uses 0.01
+GRAD_CLIP = 1.0           # max global gradient norm, as verl
+SAVE_EVERY = 50           # checkpoint every N steps (and at the end, and on Ctrl-C)
+SAMPLE_EVERY = 25         # write a few decoded episodes to samples.jsonl every N steps
+EVAL_SEED_BASE = 10_000   # evaluation episode i starts from seed 10_000 + i; training never uses these
+SYSTEM_PROMPT = "You are a helpful assistant."   # real chat models only; GIFT's, reworded
+TINY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny")   # built by data/make_tiny.py
+LOGIT_CHUNK = 2 ** 25     # logits held at once when computing log-probs (section 3): 128 MB of fp32
 
 
 # -----------------------------------------------------------------------------
-# 3. Rollout: every episode advances in lockstep, one batched generate per turn
-#
-# Prompts of different lengths are padded on the LEFT so that all of them end at the same column and
-# generation continues every row from its own last token. `generate` uses the KV cache, so each new
-# token costs one forward over one position per row.
-#
-# top_k=0 matters: transformers' default sampling keeps only the 50 most likely tokens, which silently
-# changes the distribution we sample from and breaks ratio = 1 against the training forward pass.
-
-def generation_config(tokenizer, model, temperature, top_p, max_new):
-    from transformers import GenerationConfig
-
-    stop = {tokenizer.eos_token_id}
-    extra = getattr(model.generation_config, "eos_token_id", None)
-    stop |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-    if temperature > 0:
-        return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=sorted(stop))
-    return GenerationConfig(do_sample=False, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=sorted(stop))
-
-
-@torch.no_grad()
-def generate_batch(model, tokenizer, prompts, gen_config, batch_size=256):
-    """Sample one continuation per prompt (lists of ids). Returns the new ids of each row, unpadded."""
-    device = next(model.parameters()).device
-    outs = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(p)
-            attn[row, width - len(p):] = 1
-        seq = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                             generation_config=gen_config)
-        outs += [row[width:].tolist() for row in seq.cpu()]
-    return outs
-
-
-# 3b. Whose randomness does a group share? A group's G games start from the same seed, so they share the
-# start state -- that is what makes their rewards comparable. Our bots (TicTacToe's opponent, Spy's
-# players) then draw their moves from the same seeded RNG, so by default (--env-rng shared) the G games
-# also share the opponent's dice, and differ only where the policy's own samples differ. Once the policy
-# is nearly deterministic, all G games are the same game: the group has zero reward variance and no
-# signal (README: up to 63% such groups in steps 81-160 of the default run). GIFT's opponent is an LLM
-# that samples afresh in every game, which is what --env-rng per-game gives: game k of a group draws
-# from the stream (seed, k). It kept dead groups at 1-4% but did not win more games (README).
-def rollout(model, tokenizer, envs, seeds, groups=None, temperature=1.0, top_p=1.0, max_new=24,
-            system_prompt=None, progress=False, streams=None):
-    """Play one episode per (env, seed) to the end; returns the list of Episodes.
-
-    streams: one per env, or None. With a stream, the env's randomness after the start state is its own
-    (games.TextEnv.split_rng); without, it follows the seed, so equal seeds give equal opponents' moves.
-    """
-    groups = groups if groups is not None else list(range(len(envs)))
-    streams = streams if streams is not None else [None] * len(envs)
-    episodes = [start_episode(tokenizer, env, s, g, system_prompt, k)
-                for env, s, g, k in zip(envs, seeds, groups, streams)]
-    config = generation_config(tokenizer, model, temperature, top_p, max_new)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(episodes), desc="playing", leave=False, disable=not progress)
-    while True:
-        active = [ep for ep in episodes if not ep.done]
-        if not active:
-            break
-        answers = generate_batch(model, tokenizer, [ep.ids for ep in active], config)
-        for ep, new_ids in zip(active, answers):
-            finish_turn(tokenizer, ep, new_ids)
-            bar.update(int(ep.done))
-    bar.close()
-    model.train(was_training)
-    return episodes
-
-
-def summarize_outcomes(episodes):
-    """Outcome rates of a list of finished episodes: win/draw/loss/... plus invalid-answer rate."""
-    n = max(1, len(episodes))
-    out = {}
-    for ep in episodes:
-        key = ep.info.get("outcome", "unknown")
-        out[key] = out.get(key, 0) + 1 / n
-    out["success"] = sum(bool(ep.info.get("success")) for ep in episodes) / n
-    out["invalid"] = sum(ep.invalid_turns for ep in episodes) / max(1, sum(ep.turns for ep in episodes))
-    out["mean_return"] = sum(ep.reward for ep in episodes) / n
-    # TicTacToe tactics (games.py): the share of chances to win at once that were taken, and of the
-    # opponent's immediate threats (with no win of our own) that were blocked.
-    total = tactic_counts(episodes)
-    if total:
-        out["took_win"] = total["wins_taken"] / max(1, total["win_chances"])
-        out["blocked"] = total["blocks_made"] / max(1, total["block_chances"])
-    return out
-
-
-def tactic_counts(episodes):
-    """TicTacToe's tactics counters summed over the episodes, or None for games that keep none."""
-    if not any("win_chances" in ep.info for ep in episodes):
-        return None
-    return {k: sum(ep.info.get(k, 0) for ep in episodes)
-            for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
-
-
-def play_games(model, tokenizer, game_name, n, seed_base=10_000, temperature=0.0, env_options=None,
-               max_new=24, system_prompt=None, progress=True):
-    """The evaluation helper training needs for its before/after numbers (evaluate.py builds on it).
-
-    Evaluation seeds start at 10_000 so they never overlap the training start states (seed*1000+...).
-    TicTacToe is played from the empty board with a random first player (random_start=False).
-    """
-    options = dict(env_options or {})
-    envs = [games.make_env(game_name, **options) for _ in range(n)]
-    seeds = [seed_base + i for i in range(n)]
-    eps = rollout(model, tokenizer, envs, seeds, temperature=temperature, max_new=max_new,
-                  system_prompt=system_prompt, progress=progress)
-    return summarize_outcomes(eps), eps
-
-
-# -----------------------------------------------------------------------------
-# 4. Group-relative advantages (DeepSeekMath; GIFT App. B.1; TRL's `scale_rewards`)
+# 1. Group-relative advantages (DeepSeekMath; GIFT App. B.1)
 #
 #     A_i = (R_i - mean_g R) / (std_g R + eps)        std: unbiased (Bessel), as torch and TRL
 #
 # Every game in a group starts from the same state, so the group mean is a free baseline: no value
-# network. A group whose games all scored the same carries no signal; we set its A to exactly 0
-# (GIFT's code does the same when std <= 1e-6), so it cannot leak rounding noise / eps into the loss.
-#   scale="batch": divide by the std of the whole batch instead (TRL's "Lite PPO" option)
-#   scale="none":  no division at all (Dr. GRPO: the std makes easy and hard groups count alike)
+# network. A group whose games all scored the same carries no signal; its A is exactly 0 (GIFT's code
+# does the same when std <= 1e-6), so no rounding noise leaks into the loss.
+#   scale="batch": divide by the std of the whole batch instead (TRL's option)
+#   scale="none":  no division (Dr. GRPO: the std makes easy and hard groups count alike)
 def group_advantages(rewards, group_size, scale="group", eps=1e-6):
     """rewards: (N,) with the G members of each group adjacent. Returns A: (N,)."""
     r = rewards.view(-1, group_size)                              # (num_groups, G)
@@ -483,95 +128,87 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
         adv = centered
     else:
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
-    adv = torch.where(group_std <= eps, torch.zeros_like(adv), adv)
-    return adv.reshape(-1)
-
-
-# 4b. Turn discount (our addition; GIFT gives every move of a game the same advantage, gamma = 1).
-#
-# With a reward only at the end, every move of a lost game is blamed equally, although in TicTacToe
-# the move that lost it is usually the last one (a missed block). The REINFORCE discount on the return,
-# G_k = gamma^k R for a move k learner turns before the end, applied to the group advantage:
-#
-#     A_{i,t} = gamma^k(t) * A_i      k(t) = learner turns of episode i after the turn of token t
-#
-# Turns are the runs of 1s in the loss mask: the environment always writes tokens between two turns.
-# Measured on TicTacToe with gamma 0.5: 19.0% losses against the default's 15.5% (README); exercise 07.
-def turn_weights(mask, gamma):
-    """(N, T) float mask -> (N, T) weights gamma^k on sampled tokens (1 on the others, which are masked)."""
-    sampled = mask > 0
-    previous = torch.zeros_like(sampled)
-    previous[:, 1:] = sampled[:, :-1]
-    starts = (sampled & ~previous).to(torch.float32)                       # (N, T): 1 where a turn begins
-    turn_index = starts.cumsum(dim=1)                                      # (N, T): 1, 2, ... per turn
-    turns_after = starts.sum(dim=1, keepdim=True) - turn_index            # (N, T)
-    weights = torch.pow(torch.tensor(float(gamma)), turns_after)                # (N, T)
-    return torch.where(sampled, weights, torch.ones_like(weights))
+    return torch.where(group_std <= eps, torch.zeros_like(adv), adv).reshape(-1)
 
 
 # -----------------------------------------------------------------------------
-# 5. StarPO* filtering (GIFT App. B.3; RAGEN)
+# 2. StarPO* filtering (GIFT App. B.3, from RAGEN)
 #
-# Keep the fraction `ratio` of groups with the largest reward std, i.e. the start states on which the
-# policy is most undecided. Zero-variance groups go first (they have A = 0 anyway). This selects
-# GROUPS, not trajectories (gift.md 0.2.5). ratio = 1.0 keeps everything.
+# Keep the fraction `ratio` of groups with the largest reward std: the start states on which the policy
+# is most undecided. Zero-variance groups go first (their A is 0 anyway). GIFT's code selects GROUPS, not
+# single trajectories. ratio = 1.0 keeps everything.
 def filter_groups(rewards, group_size, ratio):
-    """Returns the indices (into the flat batch) of the episodes of the kept groups, in order."""
+    """Indices (into the flat batch) of the episodes of the kept groups, in order."""
     stds = rewards.view(-1, group_size).std(dim=1) if group_size > 1 else torch.zeros(len(rewards))
-    num_groups = len(stds)
-    keep = max(1, int(ratio * num_groups))
-    # A stable sort: equal stds keep their order, so the selection is deterministic.
-    order = sorted(range(num_groups), key=lambda g: -float(stds[g]))[:keep]
+    keep = max(1, int(ratio * len(stds)))
+    order = sorted(range(len(stds)), key=lambda g: -float(stds[g]))[:keep]   # stable: ties keep their order
     return [g * group_size + j for g in sorted(order) for j in range(group_size)]
 
 
 # -----------------------------------------------------------------------------
-# 6. Per-token log-probabilities and entropy
+# 3. Per-token log-probabilities and entropy, without the (B, T, V) tensor
 #
-#     log pi(y_t | y_<t) = log_softmax(logits_{t-1} / T)[y_t]
+#     log pi(y_t | y_<t) = z_t[y_t] - logsumexp_v z_t[v]        z_t = logits_{t-1} / T
+#     H_t = - sum_v p_v log p_v = logsumexp(z_t) - sum_v p_v z_t[v]
 #
-# Logits at position t-1 predict token t, hence the shift. We divide by the sampling temperature T,
-# as TRL does: then the training distribution is exactly the one the tokens were sampled from.
-#     H_t = - sum_v p_v log p_v      (the entropy of that same distribution, for the bonus and the logs)
-def token_logps_and_entropy(model, ids, attention_mask, temperature=1.0):
+# Logits at position t-1 predict token t, hence the shift. Dividing by the sampling temperature T makes
+# the trained distribution exactly the one the tokens were sampled from (as TRL does). With Qwen's
+# 151,936-token vocabulary, fp32 logits of 8 x 768 tokens take 3.7 GB, and a plain log_softmax keeps
+# several such tensors for backward. So we run the model WITHOUT its head, then apply the head to a few
+# positions at a time (at most LOGIT_CHUNK logits), and recompute each chunk in backward
+# (torch.utils.checkpoint) instead of storing it. Same numbers; the peak is one chunk.
+def _chunk_logps(head, hidden, targets, temperature, with_entropy):
+    logits = head(hidden).float()                                                # (B, c, V)
+    logits = logits / temperature if temperature != 1.0 else logits
+    if not with_entropy:       # SFT: log pi(y) = -cross_entropy, one fused kernel for forward and backward
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        return -ce.view(targets.shape), torch.zeros_like(ce).view(targets.shape)
+    lse = torch.logsumexp(logits, dim=-1)                                        # (B, c)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse          # (B, c)
+    return logps, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)       # (B, c), (B, c)
+
+
+def token_logps_and_entropy(model, ids, attention_mask, temperature=1.0, with_entropy=True):
     """ids, attention_mask: (B, T). Returns logps, entropy: (B, T-1), aligned with ids[:, 1:]."""
-    logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)
-    logp_all = F.log_softmax(logits / temperature, dim=-1)                               # (B, T-1, V)
-    logps = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)                    # (B, T-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)                                       # (B, T-1)
-    return logps, entropy
+    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    hidden = body(input_ids=ids, attention_mask=attention_mask).last_hidden_state[:, :-1]   # (B, T-1, H)
+    targets = ids[:, 1:]                                                                     # (B, T-1)
+    width = max(1, LOGIT_CHUNK // (ids.shape[0] * head.weight.shape[0]))                   # positions per chunk
+    if width >= targets.shape[1]:
+        return _chunk_logps(head, hidden, targets, temperature, with_entropy)
+    parts = [checkpoint(_chunk_logps, head, hidden[:, s:s + width], targets[:, s:s + width], temperature,
+                        with_entropy, use_reentrant=False) for s in range(0, targets.shape[1], width)]
+    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
 
 # -----------------------------------------------------------------------------
-# 7. The GRPO loss (DeepSeekMath Eq. 3; DAPO; GIFT App. B.1 Eqs. 3-5)
+# 4. The GRPO loss (DeepSeekMath Eq. 3; DAPO; GIFT App. B.1 Eqs. 3-5)
 #
 #     ratio_t = exp(logp_t - logp_old_t)
-#     l_t     = -min(ratio_t * A,  clip(ratio_t, 1 - eps_low, 1 + eps_high) * A)   (clipped surrogate)
-#             + beta * k3_t,     k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1     (KL, if beta > 0)
+#     l_t     = -min(ratio_t A, clip(ratio_t, 1 - eps_low, 1 + eps_high) A)     clipped surrogate
+#             + beta k3_t,     k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1   KL, if beta > 0
+#             - c H_t                                                            entropy bonus
 #
-# Only sampled tokens count (mask M). How the per-token l_t are averaged is the `loss_type`, with the
-# same meaning as TRL 1.16.0 (`GRPOTrainer._compute_loss`, with use_bias_correction_kl=False):
-#     grpo     (1/B) sum_i [ sum_t l M / sum_t M ]   mean over sequences of per-sequence token means
-#                                                    (DeepSeekMath; short answers weigh more per token)
-#     bnpo     sum l M / sum M                       token mean over the optimiser batch
+# Only sampled tokens count (mask M). How the l_t are averaged is the `loss_type`, as in TRL 1.16.0:
+#     grpo     (1/B) sum_i [ sum_t l M / sum_t M ]   per-sequence token mean (DeepSeekMath, GIFT's verl)
+#     bnpo     sum l M / sum M                       token mean over the optimiser step's batch
 #     dr_grpo  sum l M / (B * L_max)                 Dr. GRPO: a constant, so no length bias at all
-#     dapo     sum l M / (tokens in the whole step)  token mean over the generation batch (DAPO)
-# With micro-batches the normalisers are the GLOBAL counts (num_sequences, num_tokens, passed in by the
-# loop), so the summed micro-batch losses equal the full-batch loss exactly. TRL divides each
-# micro-batch by its own count and then by the number of micro-batches, which is not the same thing.
+#     dapo     sum l M / (step tokens / k)           generation-batch token mean, rescaled to one of the
+#                                                    k optimiser steps per rollout (TRL's normaliser)
+# B and the counts belong to the OPTIMISER step, not the micro-batch: the loop passes them in, so summed
+# micro-batch losses equal the full loss and the gradient does not depend on --micro-batch-size. (TRL
+# averages per-micro-batch means for bnpo, which does; here bnpo and dapo differ only when k > 1.)
+# The entropy bonus is averaged exactly like the loss, as verl does: it is part of l_t.
 #
-# Why the loss VALUE hovers near 0 while reward rises: on-policy, ratio = 1 and A has mean 0 within
-# each group, so sum_t l_t is about -sum_i A_i * (its tokens) ~ 0. The GRADIENT, sum_i A_i grad log pi,
-# is not zero. Watch reward and success, not the loss.
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-
-
+# Why the loss VALUE hovers near 0 while reward rises: on-policy, ratio = 1 and A has mean 0 within each
+# group. Its GRADIENT, sum_i A_i grad log pi, is not zero. Watch reward and success, not the loss.
 def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, eps_low=0.2, eps_high=0.2,
-              loss_type="grpo", max_completion_length=None, num_sequences=None, num_tokens=None):
-    """logps, old_logps, mask, ref_logps: (B, T); advantages: (B,), or (B, T) per token. Returns (loss, stats).
+              loss_type="grpo", max_completion_length=None, num_sequences=None, num_tokens=None,
+              entropy=None, entropy_coef=0.0):
+    """logps, old_logps, mask, ref_logps, entropy: (B, T); advantages: (B,) or (B, T). Returns (loss, stats).
 
-    num_sequences / num_tokens: the normalisers when this call sees one micro-batch of a larger batch
-    (default: this call's own B and mask.sum()). max_completion_length: L_max of dr_grpo (default T).
+    num_sequences / num_tokens: the optimiser step's B and token normaliser (default: this call's own).
+    max_completion_length: L_max of dr_grpo (default T).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -587,42 +224,353 @@ def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, eps_
         diff = ref_logps - logps
         kl = torch.exp(diff) - diff - 1                                            # (B, T), k3 >= 0
         per_token = per_token + beta * kl
+    if entropy is not None and entropy_coef:
+        per_token = per_token - entropy_coef * entropy
 
     B, T = logps.shape
     num_sequences = num_sequences or B
-    total_tokens = num_tokens or mask.sum().clamp(min=1)
     if loss_type == "grpo":
-        per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)            # (B,)
-        loss = per_seq.sum() / num_sequences
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / num_sequences
     elif loss_type in ("bnpo", "dapo"):
-        loss = (per_token * mask).sum() / total_tokens
+        loss = (per_token * mask).sum() / (num_tokens or mask.sum().clamp(min=1))
     else:  # dr_grpo
         loss = (per_token * mask).sum() / (num_sequences * (max_completion_length or T))
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
-        # Clip fractions: tokens where the clip is the active branch of the min.
-        low = ((ratio < 1 - eps_low) & (adv < 0)).to(mask.dtype)
+        low = ((ratio < 1 - eps_low) & (adv < 0)).to(mask.dtype)                   # clip is the active branch
         high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype)
         stats = {"kl": float((kl * mask).sum() / n), "clip_low": float((low * mask).sum() / n),
                  "clip_high": float((high * mask).sum() / n), "ratio": float((ratio * mask).sum() / n),
                  "tokens": float(mask.sum())}
+        if entropy is not None:
+            stats["entropy"] = float((entropy * mask).sum() / n)
     return loss, stats
 
 
 # -----------------------------------------------------------------------------
-# 8. One optimiser step over a batch of episodes, in micro-batches
+# 5. Models: one loading path, the sampling distribution pinned, precision, LoRA
 #
-# The batch is padded on the right into (N, T) tensors. Environment tokens stay in the input -- the
-# model must attend to the board -- but their mask is 0, so they receive exactly zero gradient.
+# `load_policy` is the only way a model enters this codebase: from_pretrained of a hub name or a folder
+# ("tiny" is the folder data/tiny). A checkpoint ships a generation_config.json (Qwen2.5-Instruct: a
+# repetition penalty, top_k, top_p) and transformers fills every setting we leave unset from it. Then the
+# rollout would sample from a penalised, truncated distribution while the loss trains log_softmax(z / T).
+# So we drop those settings and keep only the checkpoint's stop ids, which matter: Qwen stops on
+# <|im_end|> and <|endoftext|>, and a turn ends at whichever comes first (section 6).
+def stop_ids(tokenizer, model):
+    """Every token id that ends a turn: the tokenizer's EOS and the model's own eos_token_id list."""
+    extra = model.generation_config.eos_token_id
+    ids = {tokenizer.eos_token_id} | set(extra if isinstance(extra, list) else [extra])
+    return sorted(i for i in ids if i is not None)
+
+
+def load_policy(name, device="cpu", dtype=torch.float32):
+    """(model, tokenizer) from "tiny", a hub name or a local folder, with a neutral generation config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()                    # our bars only: no "Loading weights" per call
+    path = TINY_DIR if name == "tiny" else name
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"                      # generation: every prompt ends where sampling starts
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    harmless = ("eos_token_id", "pad_token_id", "bos_token_id", "use_cache", "output_attentions",
+                "output_hidden_states", "return_dict_in_generate", "_from_model_config", "transformers_version")
+    shipped = {k: v for k, v in model.generation_config.to_diff_dict().items() if k not in harmless}
+    model.generation_config = GenerationConfig(eos_token_id=stop_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                                               bos_token_id=model.generation_config.bos_token_id)
+    if shipped:
+        print(f"[model] {name}: ignoring its generation settings {shipped}: rollouts sample log_softmax(logits / T)")
+    return model, tokenizer
+
+
+def is_compact(model):
+    """True for tiny (config flag set by data/make_tiny.py): its games use compact observations."""
+    return bool(getattr(model.config, "compact_observations", False))
+
+
+def autocast(precision, device):
+    """bf16 autocast around EVERY forward of a step (rollout, old/reference log-probs, training), so the
+    PPO ratio compares log-probs of one precision: fp32 old against bf16 new was off 1 by up to 0.1."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# 5b. LoRA (Hu et al. 2021), written here: a frozen weight W plus a trained low-rank update
+#
+#     y = W x + (alpha / r) B A x          A: (r, in), B: (out, r), r << in, out
+#
+# B starts at zero, so step 0 is the base model exactly. Only A and B train, in fp32, so the base can be
+# stored in bf16 (--precision bf16): a 7B model is then 15 GB of frozen weights plus small adapters and
+# their AdamW state, which fits one 80 GB card. Why not bf16 weights with full training: bf16 keeps 8
+# significant bits, so an update of lr 1e-6 to a weight of 0.02 rounds away (tests/test_grpo.py measures
+# how many weights a step leaves unchanged); trained weights are always fp32 here.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(torch.nn.Module):
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base, self.scale = base.requires_grad_(False), alpha / rank
+        self.lora_A = torch.nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))   # as nn.Linear initialises its weight
+
+    def forward(self, x):
+        update = F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B) * self.scale
+        return self.base(x) + update.to(x.dtype)
+
+
+def add_lora(model, rank, alpha):
+    """Freeze the model and wrap every LORA_TARGETS projection in a LoRALinear (in place)."""
+    model.requires_grad_(False)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if name in LORA_TARGETS and isinstance(child, torch.nn.Linear):
+                setattr(module, name, LoRALinear(child, rank, alpha))
+    return model
+
+
+def merged_state_dict(model):
+    """The plain model's state dict, adapters merged into W (W + scale B A): what save_pretrained writes."""
+    state = {}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if leaf in ("lora_A", "lora_B"):
+            continue
+        if owner.endswith(".base"):
+            lora, owner = model.get_submodule(owner[:-5]), owner[:-5]
+            if leaf == "weight":
+                value = (value.float() + lora.scale * lora.lora_B.float() @ lora.lora_A.float()).to(value.dtype)
+        state[f"{owner}.{leaf}"] = value
+    return state
+
+
+def load_trainable(cfg, resume_dir=None):
+    """The model a run updates (cfg: precision, lora_rank, lora_alpha, gradient_checkpointing, model, device):
+    fp32 weights, or a frozen base (bf16 with --precision bf16) with fp32 LoRA adapters."""
+    base_dtype = torch.bfloat16 if cfg.precision == "bf16" and cfg.lora_rank else torch.float32
+    source = os.path.join(resume_dir, "checkpoint") if resume_dir and not cfg.lora_rank else cfg.model
+    model, tokenizer = load_policy(source, cfg.device, base_dtype)     # adapters: restored by load_checkpoint
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    if any(p.requires_grad and p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("trained weights must be fp32: bf16 weights lose updates smaller than 1/256 of the weight "
+                         "(section 5b); use --precision bf16 (fp32 weights, bf16 compute) or --lora-rank")
+    if cfg.gradient_checkpointing:              # non-reentrant: frozen inputs (LoRA) still pass gradient
+        if hasattr(model, "activation_checkpointing_enable"):                 # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
+
+
+# -----------------------------------------------------------------------------
+# 6. Conversations as token ids
+#
+# A multi-turn episode is ONE growing token sequence:
+#     [template + observation 1] [sampled answer 1 + stop] [template + observation 2] [sampled answer 2 ...
+#      mask 0 ...............     mask 1 ...............    mask 0 ...............    mask 1 ...
+# The env's text is tokenised as it arrives; the model's text is never re-tokenised, so the log-probs we
+# train are those of what was played. To tokenise just the new env part we render the chat with and without
+# the new message and tokenise the difference: any template that only appends works (Qwen2.5's does).
+def render(tokenizer, messages, add_generation_prompt):
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def env_turn_ids(tokenizer, messages, new_user_text):
+    """Token ids of the template text after the last EOS, through the new message and the generation prompt."""
+    before = render(tokenizer, messages, add_generation_prompt=False)
+    after = render(tokenizer, messages + [{"role": "user", "content": new_user_text}], add_generation_prompt=True)
+    cut = before.rfind(tokenizer.eos_token) + len(tokenizer.eos_token)    # what follows it (Qwen's "\n") is ours
+    if not after.startswith(before[:cut]):
+        raise ValueError("the chat template rewrites earlier turns (e.g. strips <think>); "
+                         "multi-turn training needs a template that only appends")
+    return tokenizer(after[cut:], add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class Episode:
+    """One game: the token sequence we train on, its loss mask, and what happened."""
+    env: object
+    seed: int
+    group: int
+    task: str = ""                                 # the env's name (per-task logs of nested.py)
+    messages: list = field(default_factory=list)   # the chat as text (templates and samples.jsonl)
+    ids: list = field(default_factory=list)        # every token of the episode, prompt included
+    mask: list = field(default_factory=list)       # 1 where the policy sampled the token
+    reward: float = 0.0                            # R_i: the sum of all turn rewards
+    done: bool = False
+    info: dict = field(default_factory=dict)       # the env's last info
+    turns: int = 0
+    invalid_turns: int = 0                         # turns whose answer was unusable or illegal
+    cut_turns: int = 0                             # turns that hit max_new_tokens without a stop id
+
+
+def start_episode(tokenizer, env, seed, group, system_prompt=None):
+    ep = Episode(env=env, seed=seed, group=group, task=getattr(env, "name", ""))
+    ep.messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    ep.messages.append({"role": "user", "content": env.reset(seed)})
+    ep.ids = tokenizer(render(tokenizer, ep.messages, True), add_special_tokens=False)["input_ids"]
+    ep.mask = [0] * len(ep.ids)
+    return ep
+
+
+def cut_at_stop(ids, stops):
+    """ids through the first stop id (inclusive), and whether there was one."""
+    for k, t in enumerate(ids):
+        if t in stops:
+            return ids[:k + 1], True
+    return ids, False
+
+
+def finish_turn(tokenizer, ep, sampled_ids, stops):
+    """Append one sampled answer (mask 1), step the env, append its reply (mask 0)."""
+    taken, stopped = cut_at_stop(sampled_ids, stops)              # what `generate` wrote after it is padding
+    # The chat continues after the template's own EOS. A turn that hit max_new_tokens, or stopped on another
+    # stop id (Qwen's <|endoftext|>), gets one appended that the model did not sample: mask 0.
+    closing = [] if stopped and taken[-1] == tokenizer.eos_token_id else [tokenizer.eos_token_id]
+    ep.cut_turns += not stopped
+    ep.ids += taken + closing
+    ep.mask += [1] * len(taken) + [0] * len(closing)
+    text = tokenizer.decode(taken[:-1] if stopped else taken, skip_special_tokens=True)
+    obs, reward, done, info = ep.env.step(text)
+    ep.turns, ep.reward, ep.info, ep.done = ep.turns + 1, ep.reward + reward, info, done
+    ep.invalid_turns += not info.get("valid", True)
+    ep.messages.append({"role": "assistant", "content": text})
+    if not done:
+        new_ids = env_turn_ids(tokenizer, ep.messages, obs)
+        ep.ids += new_ids
+        ep.mask += [0] * len(new_ids)
+        ep.messages.append({"role": "user", "content": obs})
+    return ep
+
+
+# -----------------------------------------------------------------------------
+# 7. Rollout: every episode advances in lockstep, one batched generation per turn
+#
+# Prompts are padded on the LEFT, so all of them end at the same column and generation continues every
+# row from its own last token, with the KV cache. top_k=0 and top_p=1 matter: transformers' default keeps
+# the 50 likeliest tokens, which would change the distribution we sample from (section 5).
+#
+# --rollout fast uses transformers' continuous batching instead (paged KV cache, no padding, CUDA graphs):
+# the same model and sampling rule, for GPUs, where `generate` spends most of each token step in Python.
+# Its log-probs come from other kernels, so with it the loop always recomputes old log-probs by the
+# training forward (section 11): the ratio then starts at exactly 1. Not bit-reproducible across runs.
+def generation_config(model, tokenizer, temperature, max_new):
+    from transformers import GenerationConfig
+
+    common = dict(max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer, model))
+    if temperature > 0:
+        return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, **common)
+    return GenerationConfig(do_sample=False, **common)
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts, config, batch_size=256):
+    """One continuation per prompt (lists of ids). Returns the new ids of each row, padding included."""
+    device = next(model.parameters()).device
+    outs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, p in enumerate(chunk):
+            ids[row, width - len(p):], attn[row, width - len(p):] = torch.tensor(p), 1
+        seq = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
+        outs += [row[width:].tolist() for row in seq.cpu()]
+    return outs
+
+
+FAST_MANAGERS = {}   # (model, temperature, max_new) -> a running continuous-batching manager
+
+
+def generate_fast(model, tokenizer, prompts, config):
+    """Like generate_batch, through a persistent continuous-batching manager (started on first use)."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    key = (id(model), config.temperature if config.do_sample else 0.0, config.max_new_tokens)
+    if key not in FAST_MANAGERS:
+        # No prefix sharing between requests: blocks cached under older weights must never be reused.
+        cb = ContinuousBatchingConfig(allow_block_sharing=False, auto_switch_to_flash=False)
+        FAST_MANAGERS[key] = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb)
+        FAST_MANAGERS[key].start()
+    manager = FAST_MANAGERS[key]
+    request_ids = manager.add_requests(inputs=prompts, max_new_tokens=config.max_new_tokens)
+    done = {}
+    while len(done) < len(request_ids):
+        result = manager.get_result(timeout=1)
+        if result is None and not manager.is_running():
+            raise RuntimeError("--rollout fast: the continuous-batching thread stopped; use --rollout generate")
+        if result is not None and result.is_finished():
+            done[result.request_id] = result.generated_tokens
+    return [done[r] for r in request_ids]
+
+
+def stop_fast_managers():
+    for manager in FAST_MANAGERS.values():
+        manager.stop(block=True)
+    FAST_MANAGERS.clear()
+
+
+def rollout(model, tokenizer, envs, seeds, groups=None, temperature=1.0, max_new=24, system_prompt=None,
+            progress=False, fast=False):
+    """Play one episode per (env, seed) to the end; returns the list of Episodes."""
+    groups = groups if groups is not None else list(range(len(envs)))
+    episodes = [start_episode(tokenizer, env, s, g, system_prompt) for env, s, g in zip(envs, seeds, groups)]
+    config, stops = generation_config(model, tokenizer, temperature, max_new), set(stop_ids(tokenizer, model))
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(episodes), desc="playing", leave=False, disable=not progress)
+    while active := [ep for ep in episodes if not ep.done]:
+        prompts = [ep.ids for ep in active]
+        answers = generate_fast(model, tokenizer, prompts, config) if fast else \
+            generate_batch(model, tokenizer, prompts, config)
+        for ep, new_ids in zip(active, answers):
+            finish_turn(tokenizer, ep, new_ids, stops)
+            bar.update(int(ep.done))
+    bar.close()
+    model.train(was_training)
+    return episodes
+
+
+def summarize_outcomes(episodes):
+    """Rates over finished episodes: each outcome (win/draw/loss/...), success, invalid turns, mean return."""
+    n = max(1, len(episodes))
+    out = {}
+    for ep in episodes:
+        out[ep.info.get("outcome", "unknown")] = out.get(ep.info.get("outcome", "unknown"), 0) + 1 / n
+    out["success"] = sum(bool(ep.info.get("success")) for ep in episodes) / n
+    out["invalid"] = sum(ep.invalid_turns for ep in episodes) / max(1, sum(ep.turns for ep in episodes))
+    out["mean_return"] = sum(ep.reward for ep in episodes) / n
+    return out
+
+
+def play(model, tokenizer, envs, temperature=0.0, max_new=24, system_prompt=None, progress=True):
+    """The evaluation helper training needs for its before/after numbers (evaluate.py builds on it):
+    env i plays from seed EVAL_SEED_BASE + i, greedy by default. Returns (rates, episodes)."""
+    seeds = [EVAL_SEED_BASE + i for i in range(len(envs))]
+    episodes = rollout(model, tokenizer, envs, seeds, temperature=temperature, max_new=max_new,
+                       system_prompt=system_prompt, progress=progress)
+    return summarize_outcomes(episodes), episodes
+
+
+# -----------------------------------------------------------------------------
+# 8. The update: padded tensors, old log-probs, micro-batches, minibatches
+#
+# The batch is padded on the right into (N, T) tensors. Env tokens stay in the input -- the model must
+# attend to the board -- but their mask is 0, so they get exactly zero gradient.
 def pad_batch(episodes, pad_id):
     width = max(len(ep.ids) for ep in episodes)
     ids = torch.full((len(episodes), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(episodes), width), dtype=torch.long)
     mask = torch.zeros((len(episodes), width), dtype=torch.float32)
     for row, ep in enumerate(episodes):
-        ids[row, :len(ep.ids)] = torch.tensor(ep.ids)
-        attn[row, :len(ep.ids)] = 1
+        ids[row, :len(ep.ids)], attn[row, :len(ep.ids)] = torch.tensor(ep.ids), 1
         mask[row, :len(ep.mask)] = torch.tensor(ep.mask, dtype=torch.float32)
     return ids, attn, mask
 
@@ -631,232 +579,182 @@ def micro_slices(n, size):
     return [slice(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def bf16_autocast(device, enabled):
-    """bf16 autocast on CUDA when `enabled` (--bf16), else a no-op context.
-
-    Every forward pass of a step runs under the same context -- rollout, old and reference log-probs,
-    the training forward -- so that the PPO ratio compares log-probs of the same precision: old
-    log-probs in fp32 against training log-probs in bf16 would make the ratio differ from 1 by rounding
-    alone. On an H200 it also makes generation 1.4x (0.5B) to 1.8x (1.5B) faster than fp32
-    (benchmarks/gpu_steps.py, README).
-    """
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None, ref_logps=None,
-                         step_tokens=None):
-    """Forward/backward over micro-batches; leaves the summed gradient in .grad. Returns merged stats.
-
-    ids, attn, mask: (N, T); advantages: (N,), or (N, T) aligned with ids (turn discount). mask[:, t] = 1
-    where token t was sampled, so the target mask of the shifted log-probs is mask[:, 1:]. cfg needs:
-    temperature, loss_type, beta, eps_low, eps_high, entropy_coef, micro_batch_size, max_completion_length.
-    """
-    device = next(model.parameters()).device
-    target_mask = mask[:, 1:]                                                   # (N, T-1)
-    num_sequences = ids.shape[0]
-    batch_tokens = target_mask.sum().clamp(min=1)
-    # dapo normalises by the tokens of the whole generation step; grpo/bnpo/dr_grpo by this batch.
-    norm_tokens = step_tokens if (cfg["loss_type"] == "dapo" and step_tokens) else batch_tokens
-    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio": 0.0}
-    for sl in micro_slices(num_sequences, cfg["micro_batch_size"]):
-        # Trim the right padding of this micro-batch: nothing to compute past its longest sequence.
-        width = int(attn[sl].sum(1).max())
-        mb_ids, mb_attn = ids[sl, :width].to(device), attn[sl, :width].to(device)
-        mb_mask = target_mask[sl, :width - 1].to(device)
-        with bf16_autocast(device, cfg.get("bf16")):
-            logps, entropy = token_logps_and_entropy(model, mb_ids, mb_attn, cfg["temperature"])
-        old = old_logps[sl, :width - 1].to(device) if old_logps is not None else logps.detach()
-        ref = ref_logps[sl, :width - 1].to(device) if ref_logps is not None else None
-        mb_adv = advantages[sl] if advantages.dim() == 1 else advantages[sl, 1:width]     # like the mask
-        loss, stats = grpo_loss(logps, old, mb_adv.to(device), mb_mask, ref_logps=ref,
-                                beta=cfg["beta"], eps_low=cfg["eps_low"], eps_high=cfg["eps_high"],
-                                loss_type=cfg["loss_type"], max_completion_length=cfg.get("max_completion_length"),
-                                num_sequences=num_sequences, num_tokens=norm_tokens)
-        # Entropy bonus (GIFT App. B.3): a token mean over the same global count, subtracted.
-        ent_mean = (entropy * mb_mask).sum() / batch_tokens
-        (loss - cfg["entropy_coef"] * ent_mean).backward()
-        totals["loss"] += float(loss.detach())
-        totals["entropy"] += float(ent_mean.detach())
-        share = stats["tokens"] / float(batch_tokens)
-        for k in ("kl", "clip_low", "clip_high", "ratio"):
-            totals[k] += stats[k] * share
-    return totals
-
-
 @torch.no_grad()
 def batch_logps(model, ids, attn, cfg):
-    """Log-probs of a whole batch without gradient: old policy (PPO epochs) or reference model."""
-    device = next(model.parameters()).device
-    outs = []
-    for sl in micro_slices(ids.shape[0], cfg["micro_batch_size"]):
-        with bf16_autocast(device, cfg.get("bf16")):
-            logps, _ = token_logps_and_entropy(model, ids[sl].to(device), attn[sl].to(device), cfg["temperature"])
-        outs.append(logps.cpu())
+    """Log-probs of a batch without gradient: the old policy (before any update) or the reference model."""
+    device, outs = next(model.parameters()).device, []
+    for sl in micro_slices(ids.shape[0], cfg.micro_batch_size):
+        width = int(attn[sl].sum(1).max())                                       # trim the right padding
+        with autocast(cfg.precision, device):
+            logps, _ = token_logps_and_entropy(model, ids[sl, :width].to(device), attn[sl, :width].to(device),
+                                               cfg.temperature)
+        outs.append(F.pad(logps.float().cpu(), (0, ids.shape[1] - width)))    # (b, T-1) again
     return torch.cat(outs)
 
 
+def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None, ref_logps=None, num_tokens=None):
+    """Forward/backward over micro-batches of ONE optimiser step; leaves the summed gradient in .grad.
+
+    ids, attn, mask: (N, T), mask[:, t] = 1 where token t was sampled; advantages: (N,) or (N, T).
+    num_tokens: dapo's normaliser (section 4). Returns the step's stats, token-weighted over micro-batches.
+    """
+    device = next(model.parameters()).device
+    target_mask = mask[:, 1:]                                                    # (N, T-1): targets are ids[:, 1:]
+    N, total = ids.shape[0], target_mask.sum().clamp(min=1)
+    norm = num_tokens if cfg.loss_type == "dapo" and num_tokens is not None else total
+    sums = {}
+    for sl in micro_slices(N, cfg.micro_batch_size):
+        width = int(attn[sl].sum(1).max())                                       # trim this micro-batch's padding
+        mb_mask = target_mask[sl, :width - 1].to(device)
+        with autocast(cfg.precision, device):
+            logps, entropy = token_logps_and_entropy(model, ids[sl, :width].to(device), attn[sl, :width].to(device),
+                                                     cfg.temperature)
+        old = old_logps[sl, :width - 1].to(device) if old_logps is not None else logps.detach()
+        ref = ref_logps[sl, :width - 1].to(device) if ref_logps is not None else None
+        mb_adv = (advantages[sl] if advantages.dim() == 1 else advantages[sl, 1:width]).to(device)
+        loss, stats = grpo_loss(logps, old, mb_adv, mb_mask, ref, cfg.beta, cfg.eps_low, cfg.eps_high, cfg.loss_type,
+                                getattr(cfg, "max_completion_length", None) or ids.shape[1] - 1, num_sequences=N, num_tokens=norm,
+                                entropy=entropy, entropy_coef=cfg.entropy_coef)
+        loss.backward()
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for k in ("kl", "clip_low", "clip_high", "ratio", "entropy"):
+            sums[k] = sums.get(k, 0.0) + stats[k] * stats["tokens"] / float(total)
+    return sums
+
+
+def update_policy(model, optimizer, ids, attn, mask, advantages, cfg, old_logps=None, ref_logps=None):
+    """num_iterations PPO epochs, each split into `minibatches` optimiser steps. Returns the last step's stats.
+
+    old_logps must be given whenever there is more than one optimiser step per rollout: from the second
+    step on, the policy has moved, and the ratio must compare it with the policy that SAMPLED the batch.
+    """
+    n = ids.shape[0]
+    dapo_tokens = mask[:, 1:].sum() / cfg.minibatches              # TRL: generation tokens / steps per rollout
+    model.train()
+    for _ in range(cfg.num_iterations):
+        for sl in micro_slices(n, math.ceil(n / cfg.minibatches)):
+            optimizer.zero_grad(set_to_none=True)
+            stats = accumulate_gradients(model, ids[sl], attn[sl], mask[sl], advantages[sl], cfg,
+                                         None if old_logps is None else old_logps[sl],
+                                         None if ref_logps is None else ref_logps[sl], dapo_tokens)
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP))
+            optimizer.step()
+    model.eval()
+    return stats
+
+
 # -----------------------------------------------------------------------------
-# 9. Opponents that are models (GIFT trains against a fixed Qwen3-14B served over HTTP, gift.md 3.6)
+# 9. Opponents (GIFT trains against a fixed Qwen3-14B served over HTTP)
 #
-# games.py accepts any callable `prompt -> text` as an opponent. `model:PATH` wraps a local model,
-# `model:self` a frozen copy of the starting policy, and `http://...` the OpenAI-compatible client of
-# games.py, so a single-GPU user needs no opponent server.
-def model_opponent(model, tokenizer, temperature=0.5, max_new=max_new_tokens):
-    config = generation_config(tokenizer, model, temperature, 1.0, max_new)
+# games.py takes any callable `prompt -> text` as an opponent. `model:PATH` wraps a local model,
+# `model:self` a frozen copy of the starting policy (one GPU, no server), `http://...` games.py's client.
+def model_opponent(model, tokenizer, max_new, temperature=0.5):
+    config, stops = generation_config(model, tokenizer, temperature, max_new), set(stop_ids(tokenizer, model))
 
     def respond(prompt):
-        ids = tokenizer(render(tokenizer, [{"role": "user", "content": prompt}], True),
-                        add_special_tokens=False)["input_ids"]
-        new = generate_batch(model, tokenizer, [ids], config)[0]
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": prompt}], True), add_special_tokens=False)
+        new, _ = cut_at_stop(generate_batch(model, tokenizer, [ids["input_ids"]], config)[0], stops)
         return tokenizer.decode(new, skip_special_tokens=True)
     return respond
 
 
-def opponent_kind(spec):
-    """"bot", "http" or "model" for an --opponent spec; a ValueError for anything else.
-
-    Checks the spec without loading anything, so a command line can fail before any model is loaded.
-    """
-    if spec in (None, "") or games.bot_opponent(spec) is not None:   # raises on a P outside [0, 1]
-        return "bot"
+def make_opponent(spec, policy_path=None, device="cpu", max_new=24):
+    """What games.py gets as an opponent. Without policy_path, only checks the spec (before anything loads)."""
+    if spec in games.TTT_BOTS:
+        return spec
     if spec.startswith(("http://", "https://")):
-        return "http"
-    if spec.startswith("model:"):
-        return "model"
-    raise ValueError(f"--opponent: expected random, greedy, minimax, greedy:P, minimax:P, model:PATH, "
-                     f"model:self or http://..., got {spec!r}")
-
-
-def make_opponent(spec, policy_path, device, dtype, max_new):
-    """--opponent: random | greedy | minimax | greedy:P | minimax:P | model:PATH | model:self |
-    http://host:port/v1[#model-name]."""
-    kind = opponent_kind(spec)
-    if kind == "bot":
-        return spec or None
-    if kind == "http":
         url, _, name = spec.partition("#")
         return games.OpenAIChatOpponent(url, name or "default")
-    path = policy_path if spec == "model:self" else spec[len("model:"):]
-    opp_model, opp_tok = load_policy(path, device, dtype)
-    opp_model.eval().requires_grad_(False)
-    return model_opponent(opp_model, opp_tok, max_new=max_new)
+    if not spec.startswith("model:") or spec == "model:":
+        raise ValueError(f"--opponent: expected random, minimax, model:PATH, model:self or http://..., got {spec!r}")
+    if policy_path is None:
+        return None
+    model, tokenizer = load_policy(policy_path if spec == "model:self" else spec[len("model:"):], device)
+    return model_opponent(model.eval().requires_grad_(False), tokenizer, max_new)
 
 
-def env_options_for(game_name, tokenizer, opponent_obj, training):
-    """The environment options training and evaluation use for one game."""
-    options = {"compact": is_tiny(tokenizer)}
-    if game_name == "tictactoe":
-        # Training starts from the paper's random start states; evaluation from the empty board.
-        options.update(opponent=opponent_obj or "random", random_start=training)
-    elif game_name == "spy" and callable(opponent_obj):
-        options.update(opponent=opponent_obj)
+def env_options(game, compact, opponent, training):
+    """The options training and evaluation give one game: compact observations for tiny; TicTacToe starts
+    from GIFT's random start states in training and from the empty board in evaluation."""
+    options = {"compact": compact}
+    if game == "tictactoe":
+        options.update(opponent=opponent, random_start=training)
+    elif game == "spy" and callable(opponent):
+        options.update(opponent=opponent)
     return options
 
 
 # -----------------------------------------------------------------------------
-# 10. Warm start of the tiny model: behaviour cloning on the games' own bots
+# 10. Run folders, checkpoints, Ctrl-C (glow_sft.py uses the same ones)
 #
-# A randomly initialised model never writes "<answer>...</answer>", so every game scores -0.1, every
-# group has zero reward variance, and GRPO has nothing to learn from. An instruct model starts with the
-# format; our tiny model gets it from a short supervised pass on transcripts of random LEGAL play:
-#     loss = - mean over answer tokens of log pi(y_t | y_<t)
-# It learns the format and the legal moves, not the strategy. Sampled at T = 1 it plays about like the
-# random bot; its greedy move (the most frequent move of random play in that position) happens to win
-# 52.5% of our evaluation games against 43.9% for random legal play (measured, README). ensure_tiny runs two
-# phases: TicTacToe alone, then every game (see WARM_GAMES).
-def bot_transcripts(tokenizer, game_names, n, seed):
-    rng = random.Random(seed)
-    episodes = []
-    for i in range(n):
-        name = game_names[i % len(game_names)]
-        options = {"compact": True}
-        if name == "tictactoe":
-            options.update(random_start=rng.random() < 0.5)
-        env = games.make_env(name, **options)
-        ep = start_episode(tokenizer, env, rng.randrange(10**9), i)
-        while not ep.done:
-            answer = games.format_answer(env.random_action(rng))
-            finish_turn(tokenizer, ep, tokenizer(answer, add_special_tokens=False)["input_ids"]
-                        + [tokenizer.eos_token_id])
-        episodes.append(ep)
-    return episodes
+# A checkpoint is everything needed to continue EXACTLY: the weights (save_pretrained, adapters merged so
+# the folder is a plain model), the adapters themselves, the optimiser, the step and every RNG state. It is
+# written to checkpoint.tmp and swapped in, so a crash while saving never destroys the last good one.
+RUN_FILES = ("log.jsonl", "samples.jsonl", "eval.json", "args.json", "checkpoint")
 
 
-def warm_start(model, tokenizer, game_names, steps=WARM_STEPS, batch=WARM_BATCH, lr_=WARM_LR, seed=0):
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr_, weight_decay=0.0)
-    model.train()
-    for step in tqdm(range(steps), desc="warm start (behaviour cloning)"):
-        eps = bot_transcripts(tokenizer, game_names, batch, seed * 100_003 + step)
-        ids, attn, mask = pad_batch(eps, tokenizer.pad_token_id)
-        logps, _ = token_logps_and_entropy(model, ids, attn)
-        target = mask[:, 1:]
-        loss = -(logps * target).sum() / target.sum()
-        # A cosine decay to 0: the last steps polish the answer format instead of bouncing around it.
-        for group in optimizer.param_groups:
-            group["lr"] = lr_ * 0.5 * (1 + math.cos(math.pi * step / steps))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    model.eval()
-    return float(loss.detach())
+def claim_run_dir(out, settings, resume, overwrite):
+    """A fresh run never deletes an earlier one unless asked (--overwrite); --resume needs a checkpoint."""
+    if resume:
+        if not os.path.exists(os.path.join(out, "checkpoint", "trainer_state.pt")):
+            raise SystemExit(f"--resume: {out} has no checkpoint/trainer_state.pt to continue from")
+        return
+    trained = [f for f in ("checkpoint", "log.jsonl") if os.path.exists(os.path.join(out, f))]
+    if trained and not overwrite:
+        raise SystemExit(f"{out} already holds a run ({', '.join(trained)}). Continue it with --resume, "
+                         f"start afresh there with --overwrite (deletes it), or choose another --out-dir.")
+    for f in [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]:
+        path = os.path.join(out, f)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "args.json"), "w") as f:
+        json.dump({k: v for k, v in settings.items() if k not in ("resume", "overwrite")}, f, indent=1)
 
 
-# -----------------------------------------------------------------------------
-# 11. Checkpoints: everything needed to continue exactly (weights, optimiser, step, every RNG)
-def save_checkpoint(out, model, tokenizer, optimizer, step, extra):
+def save_checkpoint(out, model, tokenizer, state):
     tmp, final = os.path.join(out, "checkpoint.tmp"), os.path.join(out, "checkpoint")
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=merged_state_dict(model))
     tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "extra": extra,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                        "python": random.getstate()}},
-               os.path.join(tmp, "trainer_state.pt"))
-    swap_folder(tmp, final)
-
-
-def swap_folder(tmp, final):
-    """Move a freshly written folder into place. Writing to `tmp` first means an interrupted save never
-    destroys the last good checkpoint (glow_sft.py saves the same way)."""
-    import shutil
-
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    adapters = {k: v for k, v in model.state_dict().items() if k.endswith(("lora_A", "lora_B"))}
+    torch.save({**state, "adapters": adapters, "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
     if os.path.exists(final):
         os.replace(final, final + ".old")
     os.replace(tmp, final)
-    if os.path.exists(final + ".old"):
-        shutil.rmtree(final + ".old")
+    shutil.rmtree(final + ".old", ignore_errors=True)
 
 
-def load_trainer_state(out, optimizer):
+def load_checkpoint(out, model):
+    """Restores adapters and every RNG; returns the saved state (optimiser state dicts, step, ...)."""
     state = torch.load(os.path.join(out, "checkpoint", "trainer_state.pt"), weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return state["step"], state["extra"]
+    model.load_state_dict(state.pop("adapters"), strict=False)
+    rng = state.pop("rng")
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
 
 
-def prepare_out_dir(out, cfg, resumed_step=None, run_files=("log.jsonl",)):
-    """A fresh run deletes the `run_files` an old run left and writes args.json. A resumed run drops the
-    log lines past its checkpoint (written between the last save and a crash), so no step is logged twice.
-    glow_sft.py prepares its folders the same way."""
-    for name in run_files:
-        path = os.path.join(out, name)
-        if not os.path.exists(path):
-            continue
-        if resumed_step is None:
-            os.remove(path)
-        elif name.endswith(".jsonl"):
-            with open(path) as f:
-                rows = [line for line in f if json.loads(line)["step"] <= resumed_step]
-            with open(path, "w") as f:
-                f.writelines(rows)
-    if resumed_step is None:
-        with open(os.path.join(out, "args.json"), "w") as f:
-            json.dump({k: v for k, v in cfg.items() if k != "resume"}, f, indent=1)
+def truncate_log(path, step):
+    """A resumed run drops log lines past its checkpoint (written between the last save and a crash)."""
+    if os.path.exists(path):
+        rows = [line for line in open(path) if json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(rows)
+
+
+@contextlib.contextmanager
+def ctrl_c_finishes_step():
+    """Ctrl-C sets a flag instead of killing the step in flight: the loop saves and stops between steps."""
+    asked = {"stop": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: asked.update(stop=True))
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def seed_everything(s):
@@ -865,315 +763,214 @@ def seed_everything(s):
     torch.manual_seed(s)
 
 
-# -----------------------------------------------------------------------------
-# 12. The training loop
-def train_seeds(run_seed, step, n_groups):
-    """Start states of one step. Disjoint from the evaluation seeds (10_000 + i) for any run seed."""
-    return [1_000_000 * (run_seed + 1) + step * n_groups + g for g in range(n_groups)]
-
-
 def log_line(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def episode_record(tokenizer, ep):
-    return {"seed": ep.seed, "reward": ep.reward, "outcome": ep.info.get("outcome"),
-            "messages": ep.messages}
+def read_log(path):
+    """log.jsonl records in step order, numbers only; a resumed run may log a step twice (the later wins)."""
+    records = {}
+    for number, row in games.jsonl_objects(path):
+        if not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}:{number}: no integer 'step' in this line")
+        records[row["step"]] = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return [records[s] for s in sorted(records)]
 
 
-def step_metrics(episodes, kept, group_size_, adv):
+def markdown_table(columns, rows):
+    """rows: lists of cells (str as is, float with 2 decimals, None as '-')."""
+    cell = lambda v: "-" if v is None else v if isinstance(v, str) else f"{v:.2f}"
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] +
+                     ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+# -----------------------------------------------------------------------------
+# 11. The training loop
+def train_seeds(run_seed, step, n_groups, offset=0):
+    """Start states of one step: disjoint from the evaluation seeds (10_000 + i) for any run seed."""
+    return [1_000_000 * (run_seed + 1) + offset + step * n_groups + g for g in range(n_groups)]
+
+
+# The learning rate of step s (0-based), W warm-up steps; a pure function of the step, so --resume needs no
+# scheduler state. Why warm up: Adam's first updates have size ~lr in EVERY coordinate whatever the
+# gradient's scale (m / sqrt(v) = +-1 after one gradient), so a first step can move the policy far.
+#     lr(s) = lr (s + 1) / W   for s < W,   lr afterwards (verl's constant schedule; a cosine decay did not
+#     help the default run, docs/LOG.md)
+def lr_at(step, cfg):
+    return cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
+
+
+def step_metrics(episodes, kept, group_size):
     rewards = torch.tensor([ep.reward for ep in episodes])
-    stds = rewards.view(-1, group_size_).std(dim=1) if group_size_ > 1 else torch.zeros(1)
-    turns = sum(ep.turns for ep in episodes)
-    sampled = sum(sum(ep.mask) for ep in episodes)
+    stds = rewards.view(-1, group_size).std(dim=1) if group_size > 1 else torch.zeros(1)
+    turns = max(1, sum(ep.turns for ep in episodes))
     m = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-         "zero_std_groups": float((stds <= 1e-6).float().mean()),
-         "truncated_turns": sum(ep.cut_turns for ep in episodes) / max(1, turns),
-         "response_tokens": sampled / max(1, turns), "kept_episodes": len(kept),
-         "adv_abs_mean": float(adv.abs().mean())}
+         "zero_std_groups": float((stds <= 1e-6).float().mean()), "kept_episodes": len(kept),
+         "truncated_turns": sum(ep.cut_turns for ep in episodes) / turns,
+         "response_tokens": sum(sum(ep.mask) for ep in episodes) / turns}
     m.update({f"rate_{k}": v for k, v in summarize_outcomes(episodes).items()})
     tasks = sorted({ep.task for ep in episodes})
-    if len(tasks) > 1:
-        for t in tasks:
-            mine = [ep for ep in episodes if ep.task == t]
-            m[f"{t}/reward"] = sum(ep.reward for ep in mine) / len(mine)
-            m[f"{t}/success"] = sum(bool(ep.info.get("success")) for ep in mine) / len(mine)
-            m[f"{t}/kept"] = sum(episodes[i].task == t for i in kept) / max(1, len(kept))
+    for t in tasks if len(tasks) > 1 else ():                     # mixed multi-task batches (nested.py)
+        mine = [ep for ep in episodes if ep.task == t]
+        m[f"{t}/reward"] = sum(ep.reward for ep in mine) / len(mine)
+        m[f"{t}/success"] = sum(bool(ep.info.get("success")) for ep in mine) / len(mine)
+        m[f"{t}/kept"] = sum(episodes[i].task == t for i in kept) / max(1, len(kept))
     return m
 
 
-# The learning rate of step s (0-based) of S, with W warm-up steps:
-#     lr(s) = lr * (s + 1) / W                                    s < W
-#     lr(s) = lr * 0.5 * (1 + cos(pi * (s - W) / (S - W)))        s >= W, --lr-decay cosine
-#     lr(s) = lr                                                  s >= W, --lr-decay none
-# A pure function of the step, not a scheduler object: --resume gets it right with no state to save
-# (raising --steps on resume stretches the cosine from that step on).
-# Why warm up at all: Adam's first updates have size ~lr in EVERY coordinate, whatever the gradient's
-# scale (m / sqrt(v) = +-1 when one gradient has been seen), so a first step can move the policy far.
-LR_DECAYS = ("none", "cosine")
+def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_fn=None, seed_offset=0):
+    """One GRPO run. cfg: Settings. Returns (before, after) evaluation rates (None without --eval-games).
 
-
-def lr_at(step, cfg):
-    warmup, total = cfg.get("lr_warmup_steps", 0), cfg["steps"]
-    if step < warmup:
-        return cfg["lr"] * (step + 1) / warmup
-    if cfg.get("lr_decay", "none") == "cosine":
-        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    return cfg["lr"]
-
-
-def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None):
-    """cfg: a dict of the hyperparameters above (see main() for the CLI). Returns (before, after).
-
-    nested.py reuses this loop with its own hooks (the defaults train on one game, cfg["game"]):
-      make_envs(step, tokenizer, opponent) -> list of num_groups * group_size fresh envs, group-major
+    nested.py and experiments/ reuse this loop through hooks (the defaults train on one game, cfg.game):
+      make_envs(step, compact, opponent) -> num_groups * group_size fresh envs, group-major
       evaluate_fn(model, tokenizer, opponent) -> dict of rates (before and after training)
-      extra_metrics(model, episodes, kept, ids, attn, mask, adv, cfg) -> dict added to the step's log line
+      advantage_fn(advantages (N,), episodes, mask (N, T)) -> advantages (N,) or (N, T) actually trained
+      extra_metrics(model, episodes, kept, ids, attn, mask, advantages, cfg) -> dict for the step's log line
+    seed_offset shifts the start states (a run that continues another's, such as nested after warm-up).
     """
-    if not 0.0 < cfg.get("turn_discount", 1.0) <= 1.0:
-        raise ValueError(f"--turn-discount must be in (0, 1], got {cfg['turn_discount']}")
-    if cfg.get("tactic_start") and (cfg["game"] != "tictactoe" or not 0.0 <= cfg["tactic_start"] <= 1.0):
-        raise ValueError(f"--tactic-start is a probability in [0, 1] for --game tictactoe, got "
-                         f"{cfg['tactic_start']} for {cfg['game']}")
-    out = cfg["out_dir"]
-    os.makedirs(out, exist_ok=True)
-    device = torch.device(cfg["device"])
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg["dtype"]]
-    seed_everything(cfg["seed"])
-    resuming = cfg.get("resume") and os.path.exists(os.path.join(out, "checkpoint", "trainer_state.pt"))
-    start_path = load_policy_path(cfg["model"])
-    model, tokenizer = load_policy(os.path.join(out, "checkpoint") if resuming else start_path, device, dtype)
-    if cfg["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
-    opp = make_opponent(cfg["opponent"], start_path, device, dtype, cfg["max_new_tokens"])
-    eval_opp = (make_opponent(cfg["eval_opponent"], start_path, device, dtype, cfg["max_new_tokens"])
-                if cfg.get("eval_opponent") else opp)
-    train_opts = env_options_for(cfg["game"], tokenizer, opp, training=True)
-    if cfg.get("tactic_start"):
-        train_opts["tactic_start"] = cfg["tactic_start"]
-    eval_opts = env_options_for(cfg["game"], tokenizer, eval_opp, training=False)
-    # The frozen reference exists only when the KL term does (beta > 0): it costs a full model copy.
-    ref_model = None
-    if cfg["beta"] > 0:
-        ref_model, _ = load_policy(start_path, device, dtype)
-        ref_model.eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                  betas=(0.9, 0.999))
-    sys_prompt = None if is_tiny(tokenizer) else cfg["system_prompt"]
-    play = dict(max_new=cfg["max_new_tokens"], system_prompt=sys_prompt, env_options=eval_opts)
+    out = cfg.out_dir
+    make_opponent(cfg.opponent)                                       # fail before loading anything
+    if make_envs is None and cfg.game not in games.ENV_CLASSES:
+        raise ValueError(f"--game: unknown {cfg.game!r}; valid: {', '.join(games.ENV_CLASSES)}")
+    claim_run_dir(out, dataclasses.asdict(cfg), cfg.resume, cfg.overwrite)
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    model, tokenizer = load_trainable(cfg, out if cfg.resume else None)
+    compact = is_compact(model)
+    start_path = TINY_DIR if cfg.model == "tiny" else cfg.model
+    opponent = make_opponent(cfg.opponent, start_path, device, cfg.max_new_tokens)
+    ref_model = None                                                  # exists only with the KL term: a full copy
+    if cfg.beta > 0:
+        ref_model = load_policy(start_path, device, next(model.parameters()).dtype)[0].eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
+    system_prompt = None if compact else SYSTEM_PROMPT
     if make_envs is None:
-        def make_envs(step_, tokenizer_, opponent_):
-            return [games.make_env(cfg["game"], **train_opts) for _ in range(cfg["num_groups"] * cfg["group_size"])]
-    # dr_grpo's constant L_max: the most tokens one episode can sample.
-    cfg = dict(cfg, max_completion_length=cfg["max_new_tokens"] * max(e.max_turns for e in make_envs(0, tokenizer, opp)))
+        def make_envs(step, compact_, opponent_):
+            options = env_options(cfg.game, compact_, opponent_, training=True)
+            return [games.make_env(cfg.game, **options) for _ in range(cfg.num_groups * cfg.group_size)]
     if evaluate_fn is None:
         def evaluate_fn(model_, tokenizer_, opponent_, progress=True):
-            return play_games(model_, tokenizer_, cfg["game"], cfg["eval_games"], progress=progress, **play)[0]
+            envs = [games.make_env(cfg.game, **env_options(cfg.game, compact, opponent_, training=False))
+                    for _ in range(cfg.eval_games)]
+            return play(model_, tokenizer_, envs, 0.0, cfg.max_new_tokens, system_prompt, progress)[0]
+    # dr_grpo's constant L_max: the most tokens one episode can sample.
+    cfg = dataclasses.replace(cfg)
+    cfg.max_completion_length = cfg.max_new_tokens * max(e.max_turns for e in make_envs(0, compact, opponent))
 
     start_step, extra = 0, {}
-    if resuming:
-        start_step, extra = load_trainer_state(out, optimizer)
-        print(f"resumed from {out}/checkpoint at step {start_step}")
-    prepare_out_dir(out, cfg, start_step if resuming else None, ("log.jsonl", "samples.jsonl"))
-    if not resuming:
-        if cfg["eval_games"]:
-            extra["before"] = evaluate_fn(model, tokenizer, eval_opp)
-            print("before:", format_rates(extra["before"]))
+    if cfg.resume:
+        state = load_checkpoint(out, model)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, extra = state["step"], state["extra"]
+        for name in ("log.jsonl", "samples.jsonl"):
+            truncate_log(os.path.join(out, name), start_step)
+        print(f"resumed {out} at step {start_step}")
+    elif cfg.eval_games:
+        extra["before"] = evaluate_fn(model, tokenizer, opponent)
+        print("before:", format_rates(extra["before"]))
 
-    # Ctrl-C does not kill the step in flight: it sets a flag, the step finishes, we save and stop.
-    # So a checkpoint always sits exactly between two steps and --resume continues the same run.
-    stop = {"asked": False}
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(asked=True))
-    bar = tqdm(range(start_step, cfg["steps"]), desc=f"GRPO {cfg['game']}", initial=start_step, total=cfg["steps"])
-    try:
-        for step in bar:
-            t0 = time.time()
-            # 1. rollout: G copies of each start state
-            seeds = train_seeds(cfg["seed"], step, cfg["num_groups"])
-            envs = make_envs(step, tokenizer, opp)
-            flat_seeds = [s for s in seeds for _ in range(cfg["group_size"])]
-            flat_groups = [g for g in range(cfg["num_groups"]) for _ in range(cfg["group_size"])]
-            # env_rng (section 3b): do the G games of a group also share the opponent's dice?
-            streams = (None if cfg.get("env_rng", "shared") == "shared"
-                       else [k for _ in range(cfg["num_groups"]) for k in range(cfg["group_size"])])
-            with bf16_autocast(device, cfg["bf16"]):
-                episodes = rollout(model, tokenizer, envs, flat_seeds, flat_groups, cfg["temperature"], cfg["top_p"],
-                                   cfg["max_new_tokens"], sys_prompt, streams=streams)
-            t_roll = time.time() - t0
-            # 2-4. rewards, advantages, filtering
-            rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)   # (N,)
-            adv = group_advantages(rewards, cfg["group_size"], cfg["scale_rewards"])        # (N,)
-            kept = filter_groups(rewards, cfg["group_size"], cfg["filter_ratio"])
-            batch = [episodes[i] for i in kept]
-            ids, attn, mask = pad_batch(batch, tokenizer.pad_token_id)
-            kept_adv = adv[kept]                                                              # (N_kept,)
-            if cfg.get("turn_discount", 1.0) != 1.0:
-                kept_adv = kept_adv[:, None] * turn_weights(mask, cfg["turn_discount"])        # (N_kept, T)
-            instruments = extra_metrics(model, episodes, kept, ids, attn, mask, adv, cfg) if extra_metrics else {}
-            # 5. update: num_iterations PPO epochs, each over `minibatches` optimiser steps
-            old = batch_logps(model, ids, attn, cfg) if cfg["num_iterations"] > 1 else None
-            ref = batch_logps(ref_model, ids, attn, cfg) if ref_model is not None else None
-            step_tokens = mask[:, 1:].sum()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            model.train()
-            for _ in range(cfg["num_iterations"]):
-                for sl in micro_slices(len(batch), math.ceil(len(batch) / cfg["minibatches"])):
-                    optimizer.zero_grad(set_to_none=True)
-                    stats = accumulate_gradients(model, ids[sl], attn[sl], mask[sl], kept_adv[sl], cfg,
-                                                 old_logps=None if old is None else old[sl],
-                                                 ref_logps=None if ref is None else ref[sl], step_tokens=step_tokens)
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
-                    optimizer.step()
-            model.eval()
-            seconds = time.time() - t0
-            record = {"step": step + 1, **step_metrics(episodes, kept, cfg["group_size"], adv), **stats,
-                      "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-                      "tokens_per_s": float(step_tokens) / max(1e-9, seconds - t_roll),
-                      "rollout_s": t_roll, "seconds": seconds, **instruments}
-            if cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0:
-                rates = evaluate_fn(model, tokenizer, eval_opp, progress=False)
-                record.update({f"eval_{k}": v for k, v in rates.items()})
-            log_line(os.path.join(out, "log.jsonl"), record)
-            if cfg["sample_every"] and (step + 1) % cfg["sample_every"] == 0:
-                for ep in episodes[:: max(1, len(episodes) // 4)][:4]:
-                    log_line(os.path.join(out, "samples.jsonl"), {"step": step + 1, **episode_record(tokenizer, ep)})
-            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", success=f"{record['rate_success']:.2f}")
-            if stop["asked"]:
-                save_checkpoint(out, model, tokenizer, optimizer, step + 1, extra)
-                print(f"\ninterrupted: saved {out}/checkpoint at step {step + 1}; continue with --resume {out}")
-                sys.exit(130)
-            if cfg["save_every"] and (step + 1) % cfg["save_every"] == 0:
-                save_checkpoint(out, model, tokenizer, optimizer, step + 1, extra)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    save_checkpoint(out, model, tokenizer, optimizer, cfg["steps"], extra)
+    def save(step):
+        save_checkpoint(out, model, tokenizer, {"optimizer": optimizer.state_dict(), "step": step, "extra": extra})
+
+    bar = tqdm(range(start_step, cfg.steps), desc=f"GRPO {cfg.game}", initial=start_step, total=cfg.steps)
+    with ctrl_c_finishes_step() as ctrl_c:
+        try:
+            for step in bar:
+                t0 = time.time()
+                # 1. rollout: G copies of each start state, adjacent
+                seeds = train_seeds(cfg.seed, step, cfg.num_groups, seed_offset)
+                envs = make_envs(step, compact, opponent)
+                with autocast(cfg.precision, device):
+                    episodes = rollout(model, tokenizer, envs, [s for s in seeds for _ in range(cfg.group_size)],
+                                       [g for g in range(cfg.num_groups) for _ in range(cfg.group_size)],
+                                       cfg.temperature, cfg.max_new_tokens, system_prompt, fast=cfg.rollout == "fast")
+                t_roll = time.time() - t0
+                # 2-4. rewards, advantages, filter
+                rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)     # (N,)
+                adv = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)            # (N,)
+                kept = filter_groups(rewards, cfg.group_size, cfg.filter_ratio)
+                batch = [episodes[i] for i in kept]
+                ids, attn, mask = pad_batch(batch, tokenizer.pad_token_id)
+                kept_adv = adv[kept] if advantage_fn is None else advantage_fn(adv[kept], batch, mask)
+                instruments = extra_metrics(model, episodes, kept, ids, attn, mask, kept_adv, cfg) if extra_metrics else {}
+                # 5. update. Old log-probs: needed whenever the policy moves between optimiser steps of one
+                # rollout, or when another engine sampled (--rollout fast); otherwise the training forward is them.
+                several = cfg.num_iterations * cfg.minibatches > 1 or cfg.rollout == "fast"
+                old = batch_logps(model, ids, attn, cfg) if several else None
+                ref = batch_logps(ref_model, ids, attn, cfg) if ref_model is not None else None
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                stats = update_policy(model, optimizer, ids, attn, mask, kept_adv, cfg, old, ref)
+                seconds = time.time() - t0
+                record = {"step": step + 1, **step_metrics(episodes, kept, cfg.group_size), **stats,
+                          "adv_abs_mean": float(adv.abs().mean()), "lr": optimizer.param_groups[0]["lr"],
+                          "rollout_s": t_roll, "seconds": seconds, **instruments}
+                log_line(os.path.join(out, "log.jsonl"), record)
+                if (step + 1) % SAMPLE_EVERY == 0:
+                    for ep in episodes[:: max(1, len(episodes) // 4)][:4]:
+                        log_line(os.path.join(out, "samples.jsonl"), {"step": step + 1, "seed": ep.seed, "reward": ep.reward,
+                                                                      "outcome": ep.info.get("outcome"), "messages": ep.messages})
+                bar.set_postfix(reward=f"{record['reward_mean']:.2f}", success=f"{record['rate_success']:.2f}")
+                if ctrl_c["stop"]:
+                    save(step + 1)
+                    print(f"\ninterrupted: saved {out}/checkpoint at step {step + 1}; continue with --resume")
+                    sys.exit(130)
+                if (step + 1) % SAVE_EVERY == 0:
+                    save(step + 1)
+        finally:
+            stop_fast_managers()
+    save(cfg.steps)
     after = None
-    if cfg["eval_games"]:
-        after = evaluate_fn(model, tokenizer, eval_opp)
+    if cfg.eval_games:
+        after = evaluate_fn(model, tokenizer, opponent)
         print("after: ", format_rates(after))
         with open(os.path.join(out, "eval.json"), "w") as f:
             json.dump({"before": extra.get("before"), "after": after}, f, indent=1)
     return extra.get("before"), after
 
 
-def load_policy_path(name):
-    return ensure_tiny(TINY_DIR) if name == "tiny" else name
-
-
 def format_rates(rates):
-    keys = [k for k in ("win", "draw", "loss", "success", "failure", "truncated", "opponent_error", "invalid",
-                        "took_win", "blocked")
-            if k in rates]
-    return "  ".join(f"{k} {100 * rates[k]:.1f}%" for k in keys)
+    return "  ".join(f"{k} {100 * v:.1f}%" for k, v in rates.items() if k != "mean_return")
 
 
 # -----------------------------------------------------------------------------
-# 13. Command line: every hyperparameter above is a flag with the same name
-HELP = {
-    "model": "tiny (built in code), a hub name, or a local directory",
-    "game": f"environment to train on: {', '.join(games.ENV_NAMES)}",
-    "opponent": "random | greedy (takes a win when it can, else random) | minimax | greedy:P | minimax:P (each "
-                "reply the bot's own with probability P, else random) | "
-                "model:PATH | model:self | http://host:port/v1#model-name",
-    "eval_opponent": "opponent of the before/after evaluation games, same choices (empty = --opponent)",
-    "steps": "optimiser steps (rollout + update) to run",
-    "num_groups": "start states (GRPO groups) per step",
-    "group_size": "G: games per start state",
-    "filter_ratio": "StarPO*: keep this top fraction of groups by reward std (1.0 = off; paper 0.25)",
-    "lr": "AdamW learning rate (paper 1e-6 for 1.5B/7B)",
-    "weight_decay": "AdamW weight decay",
-    "lr_warmup_steps": "linear learning-rate warm-up over the first N steps (0 = off)",
-    "lr_decay": "none | cosine: after warm-up, keep the learning rate or decay it to 0 at the last step",
-    "grad_clip": "max global gradient norm",
-    "eps_low": "PPO clip range below 1",
-    "eps_high": "PPO clip range above 1 (clip-higher; paper 0.28)",
-    "beta": "k3 KL coefficient to the frozen starting model (0 = no reference model)",
-    "entropy_coef": "entropy bonus coefficient (paper 0.001)",
-    "loss_type": "token aggregation: grpo | bnpo | dr_grpo | dapo",
-    "scale_rewards": "advantage std: group | batch | none",
-    "env_rng": "shared | per-game: the games of a group share the start state and (shared) also the bots' later "
-               "random moves, or (per-game) each game draws its own",
-    "tactic_start": "tictactoe: chance that a training game starts in one of the 3,334 positions with a win to "
-                    "take or a single threat to block (0 = GIFT's start states; evaluation always starts empty)",
-    "turn_discount": "gamma in (0, 1]: a move k learner turns before the end gets gamma^k of its game's "
-                     "advantage (1 = every move the same, as GIFT)",
-    "num_iterations": "PPO epochs over each rollout batch",
-    "minibatches": "optimiser steps per PPO epoch (the rollout batch is split evenly)",
-    "micro_batch_size": "episodes per forward/backward (gradient accumulation; result does not change)",
-    "temperature": "sampling temperature for rollouts and training log-probs",
-    "top_p": "nucleus sampling for rollouts (1.0 = off)",
-    "max_new_tokens": "maximum tokens the policy may write per turn",
-    "eval_games": "games played before and after training (0 = skip)",
-    "eval_every": "also evaluate every N steps (0 = never)",
-    "save_every": "checkpoint every N steps (also on Ctrl-C and at the end)",
-    "sample_every": "write a few decoded episodes to samples.jsonl every N steps",
-    "seed": "seed for torch, numpy, python and the environments' start states",
-    "threads": "torch CPU threads (0 = torch's default)",
-    "out_dir": "output folder: log.jsonl, samples.jsonl, eval.json, checkpoint/",
-}
-
-
-def defaults():
-    g = globals()
-    return {k: g["model_name" if k == "model" else k] for k in HELP} | {"device": "cpu", "dtype": "float32", "bf16": False,
-                                      "gradient_checkpointing": False, "system_prompt": "You are a helpful assistant.",
-                                      "resume": None}
-
-
-
-# The flags with a fixed set of values (nested.py offers the same flags with the same choices). --game's
-# choices are read when the parser is built, so a game registered after import (exercise 03) is accepted.
-CHOICES = {"loss_type": LOSS_TYPES, "scale_rewards": ("group", "batch", "none"), "lr_decay": LR_DECAYS,
-           "env_rng": ("shared", "per-game")}
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Defaults are sized for the tiny model on a 2-core CPU.")
-    d = defaults()
-    for key, text in HELP.items():
-        kind = type(d[key])
-        choices = {**CHOICES, "game": games.ENV_NAMES}.get(key)
-        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, choices=choices,
-                       help=f"{text} (default: {d[key]})")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                   help="weights dtype; bfloat16 halves memory for 7B models on one GPU (default: float32)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for every forward pass (rollout and training) on CUDA")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute activations in backward: less memory, ~30%% more time")
-    p.add_argument("--system-prompt", default=None, help="system message for real chat models (tiny uses none)")
-    p.add_argument("--resume", metavar="OUT", default=None,
-                   help="continue the run in OUT exactly (its args.json; --steps may be raised)")
-    a = vars(p.parse_args(argv))
-    cfg = dict(d)
-    if a["resume"]:
-        with open(os.path.join(a["resume"], "args.json")) as f:
-            cfg.update(json.load(f))
-        cfg.update(out_dir=a["resume"], resume=a["resume"])
-        a = {"steps": a["steps"]}
-    cfg.update({k: v for k, v in a.items() if v is not None})
-    return cfg
+# 12. Command line: every setting is a flag with the same name (nested.py and glow_sft.py build theirs so)
+def parse_settings(cls, argv=None, description="", skip=(), defaults=None):
+    """Settings from the command line: given flags, else (with --resume) the run's args.json, else `defaults`,
+    else the dataclass's own."""
+    p = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        name, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
+        if isinstance(f.default, bool):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            p.add_argument(name, type=type(f.default), choices=f.metadata["choices"], help=help_)
+    given = vars(p.parse_args(argv))
+    saved = {}
+    if given.get("resume"):
+        path = os.path.join(given.get("out_dir", cls.out_dir), "args.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"--resume: no {path}; nothing to continue")
+        saved = {k: v for k, v in json.load(open(path)).items() if k in {f.name for f in dataclasses.fields(cls)}}
+    return cls(**{**(defaults or {}), **saved, **given})
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    cfg = parse_settings(Settings, argv, __doc__.split("\n\n")[0].strip())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     t0 = time.time()
     before, after = train(cfg)
-    minutes = (time.time() - t0) / 60
-    print(f"done in {minutes:.1f} min; log: {cfg['out_dir']}/log.jsonl, model: {cfg['out_dir']}/checkpoint")
+    print(f"done in {(time.time() - t0) / 60:.1f} min; log: {cfg.out_dir}/log.jsonl, model: {cfg.out_dir}/checkpoint")
     if before and after:
-        # Columns: every rate of either table (an outcome may occur only before, or only after).
-        keys = [k for k in dict.fromkeys([*before, *after]) if not k.startswith("mean")]
-        print("\n| | " + " | ".join(keys) + " |")
-        print("|---" * (1 + len(keys)) + "|")
-        for name, r in (("before", before), ("after", after)):
-            print(f"| {name} | " + " | ".join(f"{100 * r.get(k, 0):.1f}%" for k in keys) + " |")
+        keys = [k for k in dict.fromkeys([*before, *after]) if k != "mean_return"]
+        print("\n" + markdown_table([""] + keys, [[name] + [f"{100 * r.get(k, 0):.1f}%" for k in keys]
+                                                  for name, r in (("before", before), ("after", after))]))
 
 
 if __name__ == "__main__":

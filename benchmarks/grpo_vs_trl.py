@@ -13,10 +13,9 @@ trained by grpo.train and by GRPOTrainer.train. We time every step (generation +
 print the median seconds per step of each and the ratio ours / TRL. The first WARMUP_STEPS steps are
 not counted (lazy initialisation). Both run on 1 CPU thread unless --threads says otherwise.
 
-TRL is NOT a dependency of this codebase: install it just for this script, ideally in a throw-away
-virtual environment that sees the system packages:
-    python -m venv --system-site-packages /tmp/trlenv && /tmp/trlenv/bin/pip install trl==1.16.0
-    /tmp/trlenv/bin/python benchmarks/grpo_vs_trl.py
+TRL is NOT a dependency of the core scripts; it is pinned, with what it needs, in scale/requirements.txt:
+    pip install -r scale/requirements.txt
+    python benchmarks/grpo_vs_trl.py
 Without trl it prints those lines and exits 0.
 
 Run:  python benchmarks/grpo_vs_trl.py                 # ~3-5 minutes on 2 CPU cores
@@ -43,10 +42,9 @@ TRL_VERSION = "1.16.0"      # the version grpo.py's loss comment names
 
 
 def install_hint():
-    print("trl is not installed. It is only needed for this benchmark; install it apart from the codebase:\n"
-          "    python -m venv --system-site-packages /tmp/trlenv && "
-          f"/tmp/trlenv/bin/pip install trl=={TRL_VERSION}\n"
-          "    /tmp/trlenv/bin/python benchmarks/grpo_vs_trl.py")
+    print(f"trl is not installed. The core does not need it; this benchmark and scale/ do (trl=={TRL_VERSION}):\n"
+          "    pip install -r scale/requirements.txt\n"
+          "    python benchmarks/grpo_vs_trl.py")
 
 
 def arith_rows(n, seed):
@@ -78,7 +76,8 @@ def trl_config(args, out, **extra):
                       warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.0, epsilon=0.2,
                       epsilon_high=0.28, temperature=1.0, top_k=0, top_p=1.0, num_iterations=1,
                       gradient_accumulation_steps=1, logging_steps=1, save_strategy="no", report_to="none",
-                      use_cpu=True, bf16=False, seed=args.seed, disable_tqdm=True, **extra)
+                      use_cpu=True, bf16=False, seed=args.seed, disable_tqdm=True,
+                      gradient_checkpointing=False, **extra)          # grpo.py does not recompute activations either
 
 
 # -----------------------------------------------------------------------------
@@ -132,12 +131,10 @@ def parity(args, tiny_dir):
 # Part 2: seconds per step, our loop against GRPOTrainer
 def time_ours(args, tiny_dir):
     with tempfile.TemporaryDirectory() as out:
-        cfg = grpo.defaults()
-        cfg.update(model=tiny_dir, game="arith", steps=args.steps, num_groups=args.num_groups,
-                   group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
-                   eval_games=0, save_every=10**9, sample_every=10**9, seed=args.seed, out_dir=out,
-                   threads=args.threads, entropy_coef=0.0, filter_ratio=1.0)
-        grpo.train(cfg)
+        grpo.train(grpo.Settings(model=tiny_dir, game="arith", steps=args.steps, num_groups=args.num_groups,
+                                 group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
+                                 eval_games=0, seed=args.seed, out_dir=out, threads=args.threads, entropy_coef=0.0,
+                                 overwrite=True))
         with open(os.path.join(out, "log.jsonl")) as f:
             return [json.loads(line)["seconds"] for line in f]
 
@@ -185,7 +182,7 @@ def main(argv=None):
     import trl
 
     torch.set_num_threads(args.threads)
-    tiny_dir = grpo.ensure_tiny(grpo.TINY_DIR)
+    tiny_dir = grpo.TINY_DIR                                    # data/tiny, shipped
     print(f"trl {trl.__version__} (grpo.py's comment names {TRL_VERSION}); torch {torch.__version__}; "
           f"{args.threads} thread(s)")
     worst = parity(args, tiny_dir)

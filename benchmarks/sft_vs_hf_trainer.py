@@ -34,9 +34,14 @@ import grpo                                                     # noqa: E402
 WARMUP_STEPS = 3            # steps not timed: first-call allocations and lazy initialisation
 
 
+def fresh_model(seed=0):
+    """tiny's architecture with fresh weights (glow_sft's "scratch" model), the same for both loops."""
+    return glow_sft.load_model(glow_sft.Settings(seed=seed))[0]
+
+
 def make_examples(n_questions, seed):
     """Tokenised (ids, n_prompt) pairs of the arithmetic data set, positives and negatives."""
-    tokenizer = grpo.build_tiny_tokenizer()
+    tokenizer = grpo.load_policy("tiny")[1]
     with tempfile.TemporaryDirectory() as d:
         files = glow_sft.make_data(d, n_questions, 10, seed)
         trajectories = glow_sft.read_trajectories(files["train"])
@@ -54,17 +59,16 @@ def batches(examples, batch_size, steps, seed):
 
 
 def run_ours(tokenizer, examples, args):
-    model = grpo.build_tiny_model(tokenizer, seed=0)
-    optimizer = glow_sft.make_optimizer(model, args.lr, 0.0)
+    model = fresh_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=True)
     scheduler = glow_sft.cosine_with_warmup(optimizer, args.steps, round(0.1 * args.steps))
-    hp = dict(weighting="none", alpha=1.0, beta=20.0, w_min=0.5, w_max=5.0, glow_offset=False,
-              micro_batch_size=args.batch_size, grad_clip=1.0)
+    cfg = glow_sft.Settings(weighting="none", micro_batch_size=args.batch_size)
     tokens, t0, c0 = 0, None, None
     for step, rows in enumerate(batches(examples, args.batch_size, args.steps, 0)):
         if step == WARMUP_STEPS:
             t0, c0 = time.perf_counter(), time.process_time()
         batch = glow_sft.collate(rows, tokenizer.pad_token_id)      # collation is part of the timed work
-        glow_sft.train_step(model, optimizer, scheduler, batch, hp)
+        glow_sft.train_step(model, optimizer, scheduler, batch, cfg)
         if step >= WARMUP_STEPS:
             tokens += int(batch["attention_mask"].sum())
     return tokens / (time.perf_counter() - t0), tokens / (time.process_time() - c0)
@@ -73,7 +77,7 @@ def run_ours(tokenizer, examples, args):
 def run_trainer(tokenizer, examples, args):
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    model = grpo.build_tiny_model(tokenizer, seed=0)
+    model = fresh_model()
     dataset = [{"ids": ids, "n_prompt": n} for ids, n in examples]
     seen_tokens = []                                                # real tokens of each collated batch, in order
 

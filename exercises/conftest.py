@@ -10,7 +10,8 @@ The same tests grade three targets, chosen by environment variables:
 
 EXERCISE_TARGET=repo|solutions|stub names a target directly; EXERCISE_SOLUTIONS=1 is the same as
 EXERCISE_TARGET=solutions. Tests ask the `target` fixture for a function by the name it has in the
-repository, e.g. target.get("grpo", "group_advantages"); for solutions and stub the module part is
+repository, e.g. target.get("grpo", "group_advantages") (experiments/blocking.py is "blocking"); for
+solutions and stub the module part is
 ignored and the name is looked up in that one file.
 """
 import importlib
@@ -22,8 +23,10 @@ import pytest
 
 EXERCISES_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(EXERCISES_DIR)
-if REPO_ROOT not in sys.path:                 # `pytest exercises/` without `python -m` does not add the cwd
-    sys.path.insert(0, REPO_ROOT)
+for folder in (REPO_ROOT, os.path.join(REPO_ROOT, "experiments")):   # `pytest exercises/` does not add the cwd
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+WHERE = {"blocking": "experiments/blocking.py"}   # modules that are not top-level scripts
 
 TARGET_FILES = {"solutions": "solutions.py", "stub": "stubs.py"}
 TARGETS = ("repo",) + tuple(TARGET_FILES)
@@ -61,7 +64,7 @@ class Target:
     def get(self, module_name, attr):
         """The object the student writes as `module_name.attr` (in the repo), or ours of the same name."""
         if self.module is None:
-            source, where = importlib.import_module(module_name), f"{module_name}.py"
+            source, where = importlib.import_module(module_name), WHERE.get(module_name, f"{module_name}.py")
         else:
             source, where = self.module, f"exercises/{TARGET_FILES[self.name]}"
         if not hasattr(source, attr):

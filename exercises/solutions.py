@@ -10,13 +10,13 @@ How it is used: `EXERCISE_SOLUTIONS=1 python -m pytest exercises/` grades THIS f
 student's code in the repository (exercises/conftest.py picks the target). A teacher runs it to check
 that the tests themselves are right. Students: read it only after your own attempt passes.
 
-    exercise 01  group_advantages, grpo_loss          (grpo.py section 4 and 7)
+    exercise 01  group_advantages, grpo_loss          (grpo.py sections 1 and 4)
     exercise 02  grpo_loss again (its four aggregations)
     exercise 03  ConnectFourEnv                        (a new game behind games.py's interface)
     exercise 04  joint_reward                          (nested.py section 1)
     exercise 05  glow_weights                          (glow_sft.py section 5)
     exercise 06  selfplay_plan                         (grpo.py command lines, round after round)
-    exercise 07  turn_weights                          (grpo.py section 4b)
+    exercise 07  turn_weights                          (experiments/blocking.py)
 """
 import math
 import os
@@ -70,8 +70,12 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
 #
 #     grpo     mean over sequences of each sequence's token mean      (/ num_sequences)
 #     bnpo     masked sum / num_tokens                                   (num_tokens: this call's, or given)
-#     dapo     the same formula as bnpo; the caller passes the tokens of the whole step
+#     dapo     the same formula as bnpo; the caller passes the tokens of the whole step / k (k optimiser
+#              steps per rollout, TRL's normaliser)
 #     dr_grpo  masked sum / (num_sequences * L_max)                      (L_max: given, else T)
+#
+# grpo.py's grpo_loss also takes entropy=None, entropy_coef=0.0 (the entropy bonus, part of l_t, and an
+# "entropy" stat). The grading tests never pass them, so this reference leaves them out.
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
@@ -323,7 +327,7 @@ def round_dir(out_dir, r):
 
 
 def selfplay_plan(rounds, steps_per_round, out_dir, start_model="tiny", first_opponent="random", extra_args=()):
-    """A list of `rounds` argument lists for grpo.main / grpo.parse_args, one per round."""
+    """A list of `rounds` argument lists for grpo.main (grpo.parse_settings reads each), one per round."""
     if int(rounds) < 1:
         raise ValueError(f"selfplay_plan: rounds must be at least 1, got {rounds!r}")
     plan = []

@@ -226,10 +226,11 @@ def test_random_games_end_properly(make):
 
 
 def test_registered_for_training(target, make, monkeypatch):
-    # grpo.py --game takes its choices from games.ENV_NAMES, evaluate.py plays every name in it.
+    # grpo.py --game accepts any name of games.ENV_CLASSES, evaluate.py plays every name of games.ENV_NAMES.
     if target.name != "repo":
         monkeypatch.setitem(games.ENV_CLASSES, "connect4", target.get("games", "ConnectFourEnv"))
         monkeypatch.setattr(games, "ENV_NAMES", tuple(games.ENV_CLASSES))
     assert "connect4" in games.ENV_NAMES
     assert games.make_env("connect4", compact=True, opponent="random").name == "connect4"
-    assert grpo.parse_args(["--game", "connect4"])["game"] == "connect4"
+    assert grpo.parse_settings(grpo.Settings, ["--game", "connect4"]).game == "connect4"
+    assert "connect4" in games.ENV_CLASSES

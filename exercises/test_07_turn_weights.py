@@ -1,4 +1,4 @@
-"""Exercise 07, Part A: grpo.turn_weights, graded on hand-computed weights.
+"""Exercise 07, Part A: turn_weights in experiments/blocking.py, graded on hand-computed weights.
 
 Every expected value below is worked out in the comment above it; none comes from running the code.
 Run:  python -m pytest exercises/test_07_turn_weights.py -q
@@ -9,7 +9,7 @@ import torch
 
 @pytest.fixture
 def turn_weights(target):
-    return target.get("grpo", "turn_weights")
+    return target.get("blocking", "turn_weights")
 
 
 def test_hand_row(turn_weights):

@@ -1,12 +1,12 @@
 """
-benchmarks/supervised_ceiling.py -- can the tiny model learn what GRPO did not teach it? A supervised check.
+experiments/supervised_ceiling.py -- can the tiny model learn what GRPO did not teach it? A supervised check.
 
 GRPO teaches `tiny` to take its wins at TicTacToe but not to block, and to pick the equilibrium action in
-only about 60% of the matrix games (README, grpo.py results). Is that the model's size or the method?
+only about 60% of the matrix games (docs/LOG.md). Is that the model's size or the method?
 This script trains a fresh copy of the model by plain cross-entropy on the RIGHT answer, the most direct
 signal there is, and prints how fast its greedy accuracy rises:
 
-  block    the 976 positions with a single threat to block (games.ttt_tactic_positions); 400 held out
+  block    the 976 positions with a single threat to block (tictactoe_tactics.tactic_positions); 400 held out
   win      the 2,358 positions with a win to take; 400 held out
   matrix   the 96 compact observations of the nine classic matrix games and their equilibrium action
            (memorisation: every one is trained on and tested)
@@ -19,8 +19,8 @@ matrix games), against the candidates of that task only:
 A task it learns here in a few hundred steps is within the model's reach; GRPO then has a problem of
 signal or exploration, not of capacity. Tiny-style tokenizers only (one token per move or digit).
 
-Run:  python benchmarks/supervised_ceiling.py --task block        # about 1 min on one core
-      python benchmarks/supervised_ceiling.py --task matrix --lr 2e-4 --steps 400
+Run:  python experiments/supervised_ceiling.py --task block        # about 1 min on one core
+      python experiments/supervised_ceiling.py --task matrix --lr 2e-4 --steps 400
 """
 import argparse
 import os
@@ -31,9 +31,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import games  # noqa: E402
 import grpo  # noqa: E402
+from tictactoe_tactics import tactic_positions  # noqa: E402
 
 TASKS = ("block", "win", "matrix")
 HELD_OUT = 400          # TicTacToe positions kept out of training, to test that a rule was learned
@@ -67,7 +69,7 @@ def examples(task, tokenizer):
     env = games.make_env("tictactoe", compact=True)
     env.reset(0)
     moves = [first_answer_token(tokenizer, games.ttt_move_str(k)) for k in range(9)]
-    for board, mark, kind, cells in games.ttt_tactic_positions():
+    for board, mark, kind, cells in tactic_positions():
         if kind == task:
             out.append((prompt_ids(tokenizer, env.set_position(board, mark)), moves, {moves[c] for c in cells}))
     return out
@@ -106,7 +108,7 @@ def accuracy(model, tokenizer, items, chunk=256):
 def run(task, model_name="tiny", steps=600, batch=64, lr=7e-4, seed=0, every=100):
     """Trains and returns [(step, loss, accuracy)], accuracy on the held-out set (all 96 for matrix)."""
     torch.manual_seed(seed)
-    model, tokenizer = grpo.load_policy(grpo.load_policy_path(model_name))
+    model, tokenizer = grpo.load_policy(model_name)
     items = examples(task, tokenizer)
     random.Random(seed).shuffle(items)
     test, train = (items, items) if task == "matrix" else (items[:HELD_OUT], items[HELD_OUT:])

@@ -238,20 +238,21 @@ def test_free_answers_use_numeric_tolerance(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# Games with a tiny random model (fast; it answers nonsense, which is all these tests need)
+# Games with tiny's architecture and fresh weights (it answers nonsense, which is all these tests need)
 @pytest.fixture(scope="module")
 def random_tiny(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("random_tiny"))
-    tok = grpo.build_tiny_tokenizer()
-    grpo.build_tiny_model(tok, seed=0).save_pretrained(path)
+    model, tok = grpo.load_policy("tiny")
+    torch.manual_seed(0)
+    type(model)(model.config).save_pretrained(path)
     tok.save_pretrained(path)
     model, tok = grpo.load_policy(path)
     return path, model, tok
 
 
-def play(model, tok, spec, temperature):
+def play(model, tok, spec, temperature, n=3):
     torch.manual_seed(0)
-    _, eps = evaluate.play_task(model, tok, spec, 3, "random", temperature, max_new=4, system_prompt=None)
+    _, eps = grpo.play(model, tok, evaluate.make_task_envs(spec, True, "random", n), temperature, 4, progress=False)
     return eps
 
 
@@ -259,17 +260,17 @@ def play(model, tok, spec, temperature):
 def test_evaluation_seeds_are_fixed(random_tiny, game, temperature):
     _, model, tok = random_tiny
     a, b = play(model, tok, game, temperature), play(model, tok, game, temperature)
-    assert [ep.seed for ep in a] == [evaluate.EVAL_SEED_BASE + i for i in range(3)]
-    assert [ep.ids for ep in a] == [ep.ids for ep in b]
-    assert [ep.info for ep in a] == [ep.info for ep in b]
+    assert [ep.seed for ep in a] == [grpo.EVAL_SEED_BASE + i for i in range(3)]
+    assert [ep.ids for ep in a] == [ep.ids for ep in b] and [ep.info for ep in a] == [ep.info for ep in b]
     # other seeds, other games: the first observations differ
-    envs = evaluate.make_task_envs(game, tok, "random", 3)
+    envs = evaluate.make_task_envs(game, True, "random", 3)
     assert [env.reset(123 + i) for i, env in enumerate(envs)] != [ep.messages[0]["content"] for ep in a]
 
 
 def test_game_report_counts_and_intervals(random_tiny):
     _, model, tok = random_tiny
-    report, eps = evaluate.play_task(model, tok, "matrix", 5, "random", 0.0, max_new=6, system_prompt=None)
+    eps = play(model, tok, "matrix", 0.0, n=5)
+    report = evaluate.game_report("matrix", eps)
     assert report["n"] == 5 and report["turns"] == sum(ep.turns for ep in eps)
     assert sum(o["count"] for o in report["outcomes"].values()) == 5
     for stat in list(report["outcomes"].values()) + [report["success"], report["invalid"]]:
@@ -303,8 +304,8 @@ def test_game_report_matrix_success_by_game_and_role():
 
 def test_nested_setting_is_played_with_nested_py(random_tiny):
     _, model, tok = random_tiny
-    report, eps = evaluate.play_task(model, tok, "nested:matrix+tictactoe", 2, "random", 0.0, max_new=4,
-                                     system_prompt=None)
+    eps = play(model, tok, "nested:matrix+tictactoe", 0.0, n=2)
+    report = evaluate.game_report("nested:matrix+tictactoe", eps)
     assert set(report["sub_success"]) == {"matrix", "tictactoe"}
     assert report["joint_success"]["rate"] <= min(s["rate"] for s in report["sub_success"].values())
     assert all(len(ep.info["subtasks"]) == 2 for ep in eps)       # every sub-game was reached
@@ -316,21 +317,6 @@ def test_task_names():
     for bad in ("chess", "nested:matrix", "nested:matrix+chess", "nested:spy+spy", "math_jsonl"):
         with pytest.raises(ValueError):
             evaluate.parse_task(bad)
-
-
-def test_entropy_is_the_mean_over_generated_tokens_only(random_tiny):
-    _, model, tok = random_tiny
-    prompt = evaluate.prompt_ids(tok, "What is 2+2?", None)
-    mean = evaluate.generation_entropy(model, tok, [prompt], max_new=5)
-    # By hand: greedy reply, then H_t = -sum p log p of the T=1 distribution that chose each reply token.
-    config = grpo.generation_config(tok, model, 0.0, 1.0, 5)
-    new = evaluate.cut_at_stop(grpo.generate_batch(model, tok, [prompt], config)[0], set(config.eos_token_id))
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt + new])).logits[0]
-    logp = torch.log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + len(new)], -1)   # rows predicting the reply
-    assert mean == pytest.approx(float(-(logp.exp() * logp).sum(-1).mean()), rel=1e-4)
-    # an untrained model is close to uniform: just under log(vocabulary)
-    assert 0.9 * math.log(len(tok)) < mean <= math.log(len(tok)) + 1e-6
 
 
 # -----------------------------------------------------------------------------
@@ -352,99 +338,30 @@ def test_comparison_table_shape():
     assert [len(r) for r in rows] == [6, 6, 6]
     assert rows[0][4] == pytest.approx(30.0) and rows[1][4] == pytest.approx(60.0)
     assert rows[2][2] is None and rows[2][4] == pytest.approx(35.0)        # a missing task is not averaged
-    lines = evaluate.markdown_table(columns, rows).splitlines()
+    lines = grpo.markdown_table(columns, rows).splitlines()
     assert len(lines) == 2 + 3 and all(line.count("|") == 7 for line in lines)
     assert lines[4] == "| nested | 20.00 | - | 50.00 | 35.00 | - |"
 
 
-def test_compare_cli_end_to_end(random_tiny, tmp_path):
+def test_compare_cli_end_to_end_with_entropy(random_tiny, tmp_path):
     path = random_tiny[0]
     out = tmp_path / "compare.json"
-    evaluate.main(["--compare", path, path, "--games", "matrix", "--n", "2", "--bench",
+    evaluate.main(["--models", f"{path},{path}", "--games", "matrix", "--n", "2", "--bench",
                    os.path.join(DATA, "bench_mc_demo.jsonl"), "--limit", "2", "--max-new-tokens", "4",
-                   "--entropy", "--entropy-prompts", "2", "--json", str(out)])
+                   "--entropy", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["columns"] == ["model", "matrix", "mc_demo", "avg", "entropy"]
     assert len(saved["rows"]) == 2 and saved["rows"][0] == saved["rows"][1]   # same model, same seeds
     assert saved["results"][0]["games"]["matrix"]["n"] == 2
+    # an untrained model is close to uniform: its entropy is just under log(vocabulary)
+    assert 0.9 * math.log(random_tiny[1].config.vocab_size) < saved["rows"][0][-1] <= math.log(random_tiny[1].config.vocab_size) + 1e-6
 
 
-def test_cli_refuses_greedy_samples():
-    with pytest.raises(SystemExit):
+def test_cli_checks_before_loading_anything():
+    with pytest.raises(SystemExit, match="--samples > 1 with --temperature 0"):
         evaluate.parse_args(["--samples", "4", "--temperature", "0"])
-    args = evaluate.parse_args(["--samples", "4"])
-    assert args.temperature == evaluate.SAMPLE_TEMPERATURE and args.game_temperature == 0.0
-
-
-# -----------------------------------------------------------------------------
-# Training curves
-def write_log(folder, records):
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "log.jsonl")
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    return path
-
-
-def test_plot_falls_back_to_csv_without_matplotlib(tmp_path, monkeypatch, capsys):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    a = write_log(tmp_path / "grpo", [{"step": 1, "reward_mean": 0.1, "matrix/success": 0.2, "note": "text"},
-                                      {"step": 2, "reward_mean": 0.3, "matrix/success": 0.4}])
-    b = write_log(tmp_path / "nested", [{"step": 2, "reward_mean": 0.5, "tictactoe/success": 0.6}])
-    out = tmp_path / "curves"
-    written = evaluate.plot_logs([a, b], str(out))
-    assert "matplotlib is not installed" in capsys.readouterr().out
-    assert sorted(os.path.basename(p) for p in written) == ["matrix_success.csv", "reward_mean.csv",
-                                                          "tictactoe_success.csv"]
-    assert (out / "reward_mean.csv").read_text().splitlines() == ["step,grpo,nested", "1,0.1,", "2,0.3,0.5"]
-    assert not any(name.endswith(".png") for name in os.listdir(out))
-
-
-def test_plot_log_errors_name_the_line(tmp_path):
-    path = tmp_path / "log.jsonl"
-    path.write_text('{"step": 1, "reward_mean": 0}\n{"reward_mean": 1}\n')
-    with pytest.raises(ValueError, match="log.jsonl:2"):
-        evaluate.plot_logs([str(path)], str(tmp_path / "out"))
-    with pytest.raises(SystemExit, match="log.jsonl:2"):
-        evaluate.main(["plot", str(path), "--out", str(tmp_path / "out")])
-
-
-# -----------------------------------------------------------------------------
-# The tactics probe: 4,520 unfinished positions (5,478 legal minus 958 finished, a known count), of which
-# 2,358 hold a win and 976 a single threat. A scripted player reads the compact board from the prompt.
-def tactical_reply(prompt, block=True):
-    mark, *rows = prompt.strip().splitlines()[-4:]
-    board, me = tuple("".join(rows)), mark.split(":")[1]
-    cells = games.ttt_winning_cells(board, me) or (games.ttt_winning_cells(board, "xo"[me == "x"]) if block else [])
-    cell = (cells or games.ttt_legal_moves(board))[0]
-    return f"<answer>{games.ttt_move_str(cell)}</answer>"
-
-
-def test_tactics_probe_counts_every_position():
-    assert len(games.ttt_positions()) == 5478 - 958
-    tok = grpo.build_tiny_tokenizer()
-    perfect = evaluate.tactics_probe(tok, lambda prompts: [tactical_reply(p) for p in prompts], "random")
-    assert [(v["count"], v["n"]) for v in perfect.values()] == [(2358, 2358), (976, 976)]
-    no_block = evaluate.tactics_probe(tok, lambda prompts: [tactical_reply(p, block=False) for p in prompts], "random")
-    assert no_block["took_win"]["count"] == 2358 and no_block["blocked"]["count"] < 976 / 2
-    silent = evaluate.tactics_probe(tok, lambda prompts: ["no move"] * len(prompts), "random")
-    assert [v["count"] for v in silent.values()] == [0, 0]
-
-
-def test_tactics_flag_runs_the_probe_and_adds_its_columns(random_tiny):
-    path = random_tiny[0]
-    results = evaluate.main(["--model", path, "--games", "none", "--bench", "none", "--tactics",
-                             "--max-new-tokens", "2", "--batch-size", "256"])
-    probe = results[0]["tactics"]
-    assert (probe["took_win"]["n"], probe["blocked"]["n"]) == (2358, 976)
-    columns, rows = evaluate.results_table(results)
-    assert columns[-2:] == ["probe took_win", "probe blocked"]
-    assert rows[0][-1] == pytest.approx(100 * probe["blocked"]["rate"])
-    with pytest.raises(SystemExit):
-        evaluate.main(["--model", path, "--games", "none", "--bench", "none"])     # nothing to evaluate
+    cfg = evaluate.parse_args(["--samples", "4"])
+    assert cfg.bench_temperature == evaluate.SAMPLE_TEMPERATURE and cfg.game_temperature == 0.0
+    for bad in (["--games", "chess"], ["--opponent", "greedy"], ["--games", "none", "--bench", "none"]):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(bad)

@@ -31,7 +31,7 @@ def jsonl_file(tmp_path):
 
 def all_envs(jsonl_path):
     """One env of each kind, with cheap options."""
-    return [make_env("matrix"), make_env("matrix", games="random"), make_env("tictactoe"),
+    return [make_env("matrix"), make_env("matrix", compact=True), make_env("tictactoe"),
             make_env("tictactoe", opponent="minimax", random_start=True), make_env("spy"),
             make_env("arith"), make_env("arith", split="ood"), make_env("math_jsonl", path=jsonl_path)]
 
@@ -55,6 +55,24 @@ def test_parse_answer_basic_cases():
     assert parse_answer("<answer>1</answer><answer></answer>") is None                  # last pair is empty
 
 
+def test_a_game_reply_must_end_with_its_answer():
+    # GIFT's parser ends in "</answer>$": text after the answer makes the reply invalid (-0.1, state kept).
+    # This is what stops the tiny model's answers drifting to "<answer>(2,2)</answer></answer>..." (LOG.md).
+    assert games.answer_ends_reply("<think>x</think> <answer>(2,2)</answer> \n")
+    assert not games.answer_ends_reply("<answer>(2,2)</answer></answer>")
+    assert not games.answer_ends_reply("<answer>(2,2)</answer> I hope that helps.")
+    assert not games.answer_ends_reply("no answer at all")
+    env = make_env("tictactoe", compact=True)
+    env.reset(2)
+    board = env.board
+    _, reward, done, info = env.step("<answer>(2,2)</answer></answer></answer>")
+    assert (reward, done, info["valid"], env.board) == (-0.1, False, False, board)
+    _, reward, _, info = env.step("<answer>(2,2)</answer>")
+    assert info["valid"] and env.board != board
+    # Benchmark replies are only read, never judged by this rule: parse_answer itself still tolerates it.
+    assert parse_answer("<answer>(2,2)</answer></answer>") == "(2,2)"
+
+
 def test_parse_answer_is_linear_on_one_megabyte():
     nasty = ["<answer>" * 125_000, "x" * 1_000_000 + "<answer>5</answer>", "</answer>" * 110_000,
              "<answer" * 140_000, "<" * 1_000_000]
@@ -76,8 +94,10 @@ def test_make_env_rejects_unknown_names_and_options():
         make_env("chess")
     with pytest.raises(TypeError, match="'colour'"):
         make_env("tictactoe", colour="red")
-    with pytest.raises(ValueError):
-        make_env("matrix", games="weird")
+    with pytest.raises(TypeError, match="'games'"):
+        make_env("matrix", games="random")                        # removed (docs/LOG.md); a typo-proof refusal
+    with pytest.raises(ValueError, match="'random', 'minimax' or a callable"):
+        make_env("tictactoe", opponent="greedy")                  # research bots live in experiments/blocking.py
 
 
 # -----------------------------------------------------------------------------
@@ -179,16 +199,6 @@ def test_matrix_transforms_follow_gift_code():
     assert fixed.template == 2 and fixed.offset == 0 and not fixed.negated
 
 
-def test_random_games_have_a_unique_pure_equilibrium():
-    env = make_env("matrix", games="random")
-    for seed in range(60):
-        env.reset(seed)
-        A, B = env.A - env.offset, env.B - env.offset
-        assert 2 <= A.shape[0] <= 4 and 2 <= A.shape[1] <= 4
-        (i, j), = games.pure_equilibria(A, B)
-        assert env.target == (i if env.role == 1 else j) + 1
-
-
 def test_matrix_compact_observation():
     env = make_env("matrix", compact=True, transform=False)
     obs = env.reset(seed=0)
@@ -263,126 +273,17 @@ def test_minimax_env_draws_with_itself_and_never_loses_to_random():
     assert "win" not in outcomes and "loss" in outcomes
 
 
-def test_noisy_minimax_opponent_mixes_perfect_and_random_replies():
-    # minimax:1 plays like minimax (never loses to random play); minimax:0 like random (it loses games).
-    def outcomes(spec, n=300):
-        env, rng, seen = make_env("tictactoe", opponent=spec), random.Random(2), []
-        for seed in range(n):
-            env.reset(seed)
-            done = False
-            while not done:
-                _, _, done, info = env.step(format_answer(env.random_action(rng)))
-            seen.append(info["outcome"])
-        return seen
-    perfect, noisy, random_ = outcomes("minimax:1"), outcomes("minimax:0.5"), outcomes("minimax:0")
-    assert "win" not in perfect
-    assert perfect.count("loss") > noisy.count("loss") > random_.count("loss")
-    assert random_.count("win") > noisy.count("win") > 0
-    for bad in ("minimax:2", "minimax:-0.1", "minimax:half", "minimax:"):
-        with pytest.raises(ValueError, match="minimax:P"):
-            make_env("tictactoe", opponent=bad)
-
-
-def test_greedy_opponent_always_completes_its_line():
-    # x (the learner, seed 2) to move; o threatens (1,3). The learner ignores it: greedy takes the win
-    # every time; greedy:0 (a random reply) does not.
-    def replies(spec, n=20):
-        env, outcomes = make_env("tictactoe", opponent=spec), []
-        for seed in range(n):
-            env.reset(2)
-            env.rng = random.Random(seed)                         # a different reply stream per game
-            env.board = tuple("oo.x....x")
-            _, _, done, info = env.step("<answer>(2,2)</answer>")
-            outcomes.append(info["outcome"] if done else info["opponent_action"])
-        return outcomes
-    assert replies("greedy") == ["loss"] * 20
-    assert replies("greedy:1") == ["loss"] * 20
-    assert 0 < replies("greedy:0").count("loss") < 20
-    assert games.bot_opponent("greedy") == ("greedy", None) and games.bot_opponent("greedy:0.25") == ("greedy", 0.25)
-    assert games.bot_opponent("random") == ("random", None) and games.bot_opponent(print) is None
-    for bad in ("greedy:2", "greedy:x", "random:0.5", "greed"):
-        with pytest.raises(ValueError, match="greedy:P"):
-            make_env("tictactoe", opponent=bad)
-
-
-def test_tactic_start_puts_the_learner_in_a_probe_position():
-    probe = {(board, mark): kind for board, mark, kind, _ in games.ttt_tactic_positions()}
-    env, plain, kinds = make_env("tictactoe", tactic_start=1.0), make_env("tictactoe"), set()
-    for seed in range(40):
-        env.reset(seed)
-        kinds.add(probe[env.board, env.mark])                 # a KeyError if it is not a probe position
-    assert kinds == {"win", "block"}
-    # The same seed gives the same position; tactic_start=0 leaves the paper's start states as they were.
-    assert make_env("tictactoe", tactic_start=1.0, compact=True).reset(7) == \
-        make_env("tictactoe", tactic_start=1.0, compact=True).reset(7)
-    for seed in range(20):
-        assert make_env("tictactoe", tactic_start=0.0, random_start=True).reset(seed) == \
-            make_env("tictactoe", random_start=True).reset(seed)
-    half, started = make_env("tictactoe", tactic_start=0.5), 0
-    for seed in range(200):
-        half.reset(seed)
-        started += half.board.count(".") <= 6               # a probe position has 3+ pieces; a normal start 0-1
-    assert 70 < started < 130
-    with pytest.raises(ValueError, match="tactic_start"):
-        make_env("tictactoe", tactic_start=1.5)
-
-
-def test_split_rng_keeps_the_start_and_redraws_the_dice():
-    def game(stream):
-        env = make_env("tictactoe")
-        first = env.reset(5)
-        if stream is not None:
-            env.split_rng(stream)
-        replies, done = [], False
-        while not done:
-            _, _, done, info = env.step(format_answer(env.legal_actions()[0]))
-            replies.append(info["opponent_action"])
-        return first, replies
-    plain = game(None)
-    assert game(None) == plain
-    split = [game(k) for k in range(6)]
-    assert {first for first, _ in split} == {plain[0]}                 # the same start state
-    assert len({tuple(r) for _, r in split}) > 1                       # different opponents' replies
-    assert game(3) == split[3]                                         # (seed, stream) fixes the episode
-
-
-def test_tictactoe_tactics_counters():
-    keys = ("win_chances", "wins_taken", "block_chances", "blocks_made")
-
-    def scripted(replies):
-        # Seed 2: the learner is x and moves first; the opponent's replies are fixed.
-        replies = iter(replies)
-        env = make_env("tictactoe", opponent=lambda prompt: format_answer(next(replies)))
-        env.reset(2)
-        assert env.mark == "x"
-        return env
-
-    env = scripted(["(2,1)", "(2,2)", "(3,3)"])
-    _, _, _, info = env.step(format_answer("(1,1)"))
-    assert [info[k] for k in keys] == [0, 0, 0, 0]
-    _, _, _, info = env.step(format_answer("(1,2)"))   # before it: no line one move from done
-    assert [info[k] for k in keys] == [0, 0, 0, 0]
-    # Board: x x . / o o . / . . . -- x can win at (1,3) and o threatens (2,3): the win counts first.
-    _, _, done, info = env.step(format_answer("(2,3)"))   # blocks, but misses the win
-    assert [info[k] for k in keys] == [1, 0, 0, 0] and not done
-    _, reward, done, info = env.step(format_answer("(1,3)"))   # the win, taken this time
-    assert (reward, done, info["outcome"]) == (1.0, True, "win")
-    assert [info[k] for k in keys] == [2, 1, 0, 0]
-
-    env = scripted(["(2,1)", "(2,2)", "(1,2)"])
-    env.step(format_answer("(1,1)"))
-    env.step(format_answer("(3,3)"))
-    # Board: x . . / o o . / . . x -- o threatens (2,3); x has no win (o holds the centre).
-    _, _, _, info = env.step(format_answer("(2,3)"))   # the block
-    assert [info[k] for k in keys] == [0, 0, 1, 1]
-    assert games.ttt_winning_cells(tuple("xx.oo...."), "x") == [2]
-    assert games.ttt_winning_cells(tuple("xx.oo...."), "o") == [5]
-
-
 def test_tictactoe_move_parsing():
+    # an opponent's reply: the first move counts, as in GIFT's parser
     parse = games.parse_ttt_move
     assert [parse(a) for a in ("(2,3)", "( 2 , 3 )", "2,3", "2 3", "I pick (1,1) then (3,3)")] == [5, 5, 5, 5, 0]
     assert [parse(a) for a in ("(9,9)", "(0,1)", "(12,1)", "row two", "", None)] == [None] * 6
+    # the learner's answer must be exactly one move: "(2,2)(2,2)" would otherwise be a free run-on
+    for answer, valid in (("(2,3)", True), (" 2, 3 ", True), ("2 3", True), ("(2,2)(2,2)", False),
+                          ("I pick (1,1)", False), ("(1,1) then (3,3)", False)):
+        env = make_env("tictactoe")
+        env.reset(2)
+        assert env.step(format_answer(answer))[3]["valid"] == valid, answer
 
 
 def test_tictactoe_illegal_moves_cost_a_turn_and_can_truncate():

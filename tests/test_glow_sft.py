@@ -69,14 +69,6 @@ def test_unseen_ids_use_the_current_batch_mean():
     assert torch.allclose(w, torch.tensor([0.5, 2 * (1 - sigmoid(-5))]), atol=1e-5)
 
 
-def test_epoch_zero_and_no_weighting_give_all_ones():
-    hp = dict(alpha=2.0, beta=10.0, w_min=0.5, w_max=5.0, glow_offset=False)
-    prev, curr = torch.tensor([1.0, 0.2]), torch.tensor([0.3, 0.9])
-    assert torch.equal(glow_sft.sample_weights("glow", 0, prev, curr, hp), torch.ones(2))
-    assert torch.equal(glow_sft.sample_weights("none", 3, prev, curr, hp), torch.ones(2))
-    assert not torch.equal(glow_sft.sample_weights("glow", 1, prev, curr, hp), torch.ones(2))
-
-
 def test_weights_carry_no_gradient():
     curr = torch.tensor([0.5, 1.5], requires_grad=True)
     w = glow_sft.glow_weights(torch.tensor([1.0, 1.0]), curr)
@@ -87,8 +79,8 @@ def test_weights_carry_no_gradient():
 # 2. The loss: response tokens only, token mean per sample
 @pytest.fixture(scope="module")
 def tiny():
-    model, tokenizer = glow_sft.load_model("scratch", seed_=0)
-    return model, tokenizer
+    """tiny's architecture and tokenizer with fresh weights (the experiment's "scratch" model)."""
+    return glow_sft.load_model(glow_sft.Settings(seed=0))
 
 
 def test_collate_labels_only_the_response_and_its_eos(tiny):
@@ -141,18 +133,23 @@ def test_long_and_short_responses_weigh_equally(tiny):
 def test_train_step_reads_and_writes_the_history_by_id(tiny):
     model, tok = tiny
     model = type(model)(model.config)                           # a private copy; the fixture stays untouched
+    cfg = glow_sft.Settings(micro_batch_size=1)
     trajs = [{"id": "x", "prompt": "1+1=?", "response": "<answer>2</answer>"},
              {"id": "y", "prompt": "2+2=?", "response": "<answer>4</answer>"}]
     batch = glow_sft.collate([glow_sft.encode_trajectory(tok, t) for t in trajs], tok.pad_token_id)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    hp = dict(weighting="glow", alpha=1.0, beta=20.0, w_min=0.5, w_max=5.0, glow_offset=False,
-              micro_batch_size=1, grad_clip=1.0)
     history = {"x": 0.0, "y": 100.0}                            # x got much worse since, y much better
-    stats = glow_sft.train_step(model, opt, None, batch, hp, epoch=1, history=history, sample_ids=["x", "y"],
+    stats = glow_sft.train_step(model, opt, None, batch, cfg, epoch=1, history=dict(history), sample_ids=["x", "y"],
                                 correct=[True, False])
     assert stats["w_max"] > 0.99 and stats["w_min"] == 0.5      # x: w ~ 1 (loss rose), y: 0.5
     assert stats["rose"] == 0.5 and stats["pos_loss"] is not None and stats["neg_loss"] is not None
+    glow_sft.train_step(model, opt, None, batch, cfg, epoch=1, history=history, sample_ids=["x", "y"])
     assert history["x"] > 0.0 and history["y"] < 100.0          # overwritten with this visit's losses
+    # epoch 0 (official: epoch < 1) and --weighting none train unweighted: every w is exactly 1
+    for epoch, weighting in ((0, "glow"), (3, "none")):
+        stats = glow_sft.train_step(model, opt, None, batch, glow_sft.Settings(weighting=weighting), epoch=epoch,
+                                    history={"x": 0.0, "y": 100.0}, sample_ids=["x", "y"])
+        assert stats["w_min"] == stats["w_max"] == 1.0
 
 
 # -----------------------------------------------------------------------------
@@ -208,7 +205,7 @@ def test_question_files_need_an_answer(tmp_path):
 # -----------------------------------------------------------------------------
 # 4. make-data: positives are right, negatives wrong, ids unique, tests disjoint from training
 def test_make_data_labels_match_the_answer_checker(tmp_path):
-    glow_sft.main(["make-data", "--out", str(tmp_path), "--n-train", "50", "--n-test", "20"])
+    glow_sft.main(["make-data", "--out-dir", str(tmp_path), "--n-train", "50", "--n-test", "20"])
     train = glow_sft.read_trajectories(str(tmp_path / "train.jsonl"))   # also checks the ids are unique
     assert len(train) == 100 and sum(t["correct"] for t in train) == 50
     for t in train:
@@ -225,25 +222,22 @@ def test_make_data_labels_match_the_answer_checker(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# 5. Training end to end: every mode, exact resume, distillation, evaluation
+# 5. Training end to end: every mode, exact resume, LoRA, distillation, evaluation
 def small_data(tmp_path, n=12):
     glow_sft.make_data(str(tmp_path / "data"), n, 4, 0, steps=1, max_operand=5)
     return {k: str(tmp_path / "data" / f"{k}.jsonl") for k in ("train", "test_id", "test_near", "test_ood")}
 
 
 def small_cfg(files, out, **over):
-    cfg = glow_sft.defaults()
-    cfg.update(train=files["train"], out_dir=str(out), epochs=2, batch_size=8, micro_batch_size=4, lr=1e-3,
-               max_new_tokens=8, quiet=True)
-    cfg.update(over)
-    return cfg
+    return glow_sft.Settings(**{"train": files["train"], "out_dir": str(out), "epochs": 2, "batch_size": 8,
+                                "micro_batch_size": 4, "lr": 1e-3, "max_new_tokens": 8, **over})
 
 
 @pytest.mark.parametrize("mode, weighting", [("pos", "none"), ("neg", "none"), ("all", "none"), ("all", "glow")])
 def test_each_mode_trains_and_logs(tmp_path, mode, weighting):
     files = small_data(tmp_path)
-    cfg = small_cfg(files, tmp_path / "run", data=mode, weighting=weighting, test_id=files["test_id"],
-                    test_ood=files["test_ood"])
+    cfg = small_cfg(files, tmp_path / "run", data=mode, weighting=weighting,
+                    tests=f"{files['test_id']},{files['test_ood']}")
     summary = glow_sft.train(cfg)
     rows = [json.loads(x) for x in open(tmp_path / "run" / "log.jsonl")]
     n = 12 if mode != "all" else 24
@@ -257,12 +251,13 @@ def test_each_mode_trains_and_logs(tmp_path, mode, weighting):
     ev = json.load(open(tmp_path / "run" / "eval.json"))
     assert 0 <= ev["test_ood"]["accuracy"] <= 1 and ev["test_ood"]["entropy"] > 0
     assert os.path.exists(tmp_path / "run" / "checkpoint" / "trainer_state.pt")
+    with pytest.raises(SystemExit, match="--overwrite"):                    # a rerun never deletes the run
+        glow_sft.train(cfg)
 
 
 def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     files = small_data(tmp_path)
-    full = small_cfg(files, tmp_path / "full", data="all", weighting="glow", epochs=3)
-    glow_sft.train(full)
+    glow_sft.train(small_cfg(files, tmp_path / "full", data="all", weighting="glow", epochs=3))
 
     # Ctrl-C in the middle of epoch 1 (step 5 of 9): the step finishes, the run saves and stops.
     def press_ctrl_c(step, _):
@@ -272,42 +267,45 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert glow_sft.train(part, on_step=press_ctrl_c)["status"] == "interrupted"
     state = torch.load(tmp_path / "part" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["global_step"] == 5 and len(state["loss_history"]) == 24   # the history is in the checkpoint
-    glow_sft.main(["train", "--resume", str(tmp_path / "part")])
+    glow_sft.main(["train", "--out-dir", str(tmp_path / "part"), "--resume"])
 
     def strip(path):
-        return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "tokens_per_s")} for x in open(path)]
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(path)]
     assert strip(tmp_path / "full" / "log.jsonl") == strip(tmp_path / "part" / "log.jsonl")
-    a, _ = glow_sft.load_model(str(tmp_path / "full" / "checkpoint"))
-    b, _ = glow_sft.load_model(str(tmp_path / "part" / "checkpoint"))
+    a, _ = grpo.load_policy(str(tmp_path / "full" / "checkpoint"))
+    b, _ = grpo.load_policy(str(tmp_path / "part" / "checkpoint"))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 
 
+def test_lora_sft_trains_only_adapters_and_saves_a_plain_model(tmp_path):
+    files = small_data(tmp_path)
+    glow_sft.train(small_cfg(files, tmp_path / "lora", model="tiny", lora_rank=4, epochs=1))
+    trained, _ = grpo.load_policy(str(tmp_path / "lora" / "checkpoint"))     # adapters merged: a plain model
+    base, _ = grpo.load_policy("tiny")
+    changed = {n for (n, p), q in zip(trained.state_dict().items(), base.state_dict().values()) if not torch.equal(p, q)}
+    assert changed and all(n.endswith(tuple(f"{t}.weight" for t in grpo.LORA_TARGETS)) for n in changed)
+
+
 def test_distill_labels_samples_with_the_answer_checker(tmp_path):
-    model, tok = glow_sft.load_model("scratch", seed_=1)
-    model.save_pretrained(tmp_path / "teacher")
-    tok.save_pretrained(tmp_path / "teacher")
     q = write_lines(tmp_path / "q.jsonl", ['{"id": "q1", "prompt": "1+1=?", "answer": 2}',
                                           '{"id": "q2", "messages": [{"role": "user", "content": "2+2=?"}], "answer": 4}'])
-    glow_sft.main(["distill", "--teacher", str(tmp_path / "teacher"), "--questions", q, "-k", "3",
-                   "--out", str(tmp_path / "traj.jsonl"), "--max-new-tokens", "6"])
-    rows = glow_sft.read_trajectories(str(tmp_path / "traj.jsonl"))
+    glow_sft.main(["distill", "--model", "tiny", "--questions", q, "--k", "3", "--out-dir", str(tmp_path / "d"),
+                   "--max-new-tokens", "6"])
+    rows = glow_sft.read_trajectories(str(tmp_path / "d" / "traj.jsonl"))
     assert [r["id"] for r in rows] == ["q1-s0", "q1-s1", "q1-s2", "q2-s0", "q2-s1", "q2-s2"]
     for r in rows:
         assert r["correct"] == games.check_answer(r["response"], r["answer"])
     assert "messages" in rows[3] and "prompt" in rows[0]
 
 
-def test_accuracy_and_entropy_on_given_generations(tiny):
+def test_entropy_of_given_generations_by_hand(tiny):
     model, tok = tiny
-    questions = [{"prompt": "1+1=?", "answer": 2}, {"prompt": "2+2=?", "answer": 4}]
-    prompts = [glow_sft.encode_prompt(tok, q) for q in questions]
-    answers = [tok("<answer>2</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
-               tok("<answer>5</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    prompts = [glow_sft.prompt_ids(tok, {"prompt": q}) for q in ("1+1=?", "2+2=?")]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+               for a in ("<answer>2</answer>", "<answer>5</answer>")]
     gens = list(zip(prompts, answers))
-    r = glow_sft.evaluate_accuracy(model, tok, questions, generations=gens)
-    assert r["accuracy"] == 0.5 and r["unfinished"] == 0.0
-    # Entropy by hand: T=1 entropy at the positions that predict each generated token, token-level mean.
+    # By hand: T=1 entropy at the positions that predict each generated token, token-level mean.
     total, count = 0.0, 0
     with torch.no_grad():
         for p, n in gens:
@@ -315,29 +313,27 @@ def test_accuracy_and_entropy_on_given_generations(tiny):
             for t in range(len(p), len(p) + len(n)):
                 total += float(-(logp[t - 1].exp() * logp[t - 1]).sum())
                 count += 1
-    assert abs(r["entropy"] - total / count) < 1e-4
+    assert glow_sft.entropy_of_generations(model, tok, gens) == pytest.approx(total / count, abs=1e-4)
 
 
-def test_greedy_generation_is_used_for_accuracy(tiny):
+def test_accuracy_is_greedy_and_graded_by_the_answer_checker(tiny):
     model, tok = tiny
-    qs = [{"prompt": "1+1=?", "answer": 2}]
-    a = glow_sft.evaluate_accuracy(model, tok, qs, max_new_tokens_=5)
-    b = glow_sft.evaluate_accuracy(model, tok, qs, max_new_tokens_=5)
-    assert a["samples"] == b["samples"] and a["mean_new_tokens"] <= 5
-    assert glow_sft.mean_generation_entropy(model, tok, ["1+1=?"], max_new_tokens_=5) == pytest.approx(a["entropy"])
+    qs = [{"prompt": "1+1=?", "answer": 2}, {"prompt": "3+3=?", "answer": 6}]
+    a, b = glow_sft.evaluate_accuracy(model, tok, qs, 5), glow_sft.evaluate_accuracy(model, tok, qs, 5)
+    assert a == b and a["mean_new_tokens"] <= 5 and a["n"] == 2
+    assert a["accuracy"] == sum(games.check_answer(s["response"], s["answer"]) for s in a["samples"]) / 2
 
 
 @pytest.mark.slow
 def test_experiment_writes_logs_results_and_a_table(tmp_path, monkeypatch, capsys):
     # The real --quick takes minutes; the same code on a toy size: 4 conditions x 2 seeds, 1-2 steps each.
-    monkeypatch.setitem(glow_sft.EXPERIMENT, "quick",
-                        dict(n_train=8, max_operand=5, epochs=1, batch_size=8, n_test=4))
-    monkeypatch.setattr(glow_sft, "max_new_tokens", 8)
-    glow_sft.main(["experiment", "--quick", "--seeds", "0", "1", "--out", str(tmp_path)])
+    monkeypatch.setitem(glow_sft.EXPERIMENT, "quick", dict(n_train=8, n_test=4, epochs=1))
+    monkeypatch.setattr(glow_sft, "SEEDS", (0, 1))
+    glow_sft.main(["experiment", "--quick", "--out-dir", str(tmp_path), "--max-new-tokens", "8"])
     root = tmp_path / "experiment-quick"        # never the full experiment's folder
     results = json.load(open(root / "results.json"))["results"]
     assert set(results) == {"pos", "neg", "all", "all+GLOW"}
-    # Steps match across conditions: pos/neg run 2 epochs of 8, all 1 epoch of 16.
-    assert {r["steps"] for c in results.values() for r in c.values()} == {2}
     assert (root / "all+GLOW_s1" / "log.jsonl").exists()
+    # Steps match across conditions: pos/neg run 2 epochs of 8, all 1 epoch of 16.
+    assert {len(open(root / f"{c}_s0" / "log.jsonl").readlines()) for c in results} == {2}
     assert "| all+GLOW |" in capsys.readouterr().out

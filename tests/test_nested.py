@@ -12,6 +12,10 @@ import random
 import pytest
 import torch
 
+from dataclasses import replace
+
+from transformers import AutoModelForCausalLM
+
 import games
 import grpo
 import nested
@@ -157,7 +161,7 @@ def test_the_same_seed_replays_the_same_episode():
         env, rng = matrix_and_ttt(), random.Random(7)
         out = [env.reset(seed)]
         while not env.done:
-            obs, r, d, info = env.step(games.format_answer(env.random_action(rng)))
+            obs, r, d, info = env.step(games.format_answer(env.subs[env.k].random_action(rng)))
             out.append((obs, r, d, info["subtasks"], info["turn"]))
         return out
     assert trace(11) == trace(11)
@@ -201,28 +205,37 @@ def test_mixed_layout_has_equal_groups_per_task_every_step():
 def test_nested_and_mixed_see_the_same_subtask_episodes(tasks):
     K, N, G, steps = len(tasks), 12, 3, 7
     budget = nested.check_budget(tasks, N, G, steps)
-    assert budget == {"per_step": N * G, "total": N * G * steps}
+    assert budget == {"per_step": N * G, "trained_per_step": N * G, "total": N * G * steps}
     # ... and so do the envs that grpo.train actually gets, step after step
-    tokenizer = grpo.build_tiny_tokenizer()
     counts = {}
     for mode in ("mixed", "nested"):
         make = nested.make_envs_hook(mode, tasks, N, G, seed=0)
-        envs_per_step = [make(s, tokenizer, "random") for s in range(steps)]
+        envs_per_step = [make(s, True, "random") for s in range(steps)]
         counts[mode] = sum(len(getattr(e, "subs", [e])) for envs in envs_per_step for e in envs)
         per_task = collections.Counter(e.name for envs in envs_per_step for env in envs
                                        for e in getattr(env, "subs", [env]))
         assert per_task == {t: N * G * steps // K for t in tasks}
-    assert len(make(0, tokenizer, "random")) == N // K * G          # nested: N/K groups of G
+    assert len(make(0, True, "random")) == N // K * G                 # nested: N/K groups of G
     assert counts["mixed"] == counts["nested"] == budget["total"]
+
+
+def test_budgets_stay_equal_after_the_starpo_filter():
+    # F+I2 with 6 groups and ratio 0.25: mixed keeps int(1.5) = 1 group of one task (G sub-task episodes),
+    # nested max(1, int(0.5)) = 1 group of three-task trajectories (3G): 3x the training data. Refused.
+    with pytest.raises(ValueError, match="unequal budgets"):
+        nested.check_budget(("arith", "matrix", "tictactoe"), 6, 4, 10, filter_ratio=0.25)
+    # 12 groups at 0.25: mixed keeps 3 groups, nested 1 group of 3 tasks: both train on 3G sub-task episodes.
+    assert nested.check_budget(("arith", "matrix", "tictactoe"), 12, 4, 10, 0.25)["trained_per_step"] == 12
+    assert nested.check_budget(("matrix", "tictactoe"), 8, 6, 10, 0.25)["trained_per_step"] == 12
 
 
 # -----------------------------------------------------------------------------
 # Per-task gradients: labels, then the decomposition g = sum_t g_t
 @pytest.fixture(scope="module")
 def tiny():
-    tokenizer = grpo.build_tiny_tokenizer()
-    tokenizer.padding_side = "left"
-    return grpo.build_tiny_model(tokenizer, seed=0), tokenizer
+    torch.manual_seed(0)
+    model, tok = grpo.load_policy("tiny")
+    return AutoModelForCausalLM.from_config(model.config), tok            # random weights: every token is uncertain
 
 
 @pytest.fixture(scope="module")
@@ -236,29 +249,31 @@ def episodes(tiny):
 
 
 def test_every_sampled_token_is_labelled_with_its_turns_task(episodes):
-    eps = episodes
     tasks = ["matrix", "tictactoe"]
-    for ep in eps:
+    for ep in episodes:
         labels = nested.token_tasks(ep, tasks)
         assert [l >= 0 for l in labels] == [m == 1 for m in ep.mask]
         runs = [labels[i] for i in range(len(labels)) if labels[i] >= 0 and (i == 0 or labels[i - 1] < 0)]
-        expected = ep.info.get("turn_tasks") or [ep.task] * ep.turns
-        assert runs == [tasks.index(t) for t in expected]
+        assert runs == [tasks.index(t) for t in ep.info.get("turn_tasks") or [ep.task] * ep.turns]
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
-def test_per_task_gradients_sum_to_the_full_gradient(tiny, episodes, loss_type):
+@pytest.mark.parametrize("loss_type,per_token", [("grpo", False), ("bnpo", False), ("dr_grpo", False),
+                                                 ("grpo", True), ("dapo", True)])
+def test_per_task_gradients_sum_to_the_full_gradient(tiny, episodes, loss_type, per_token):
+    # With per-token advantages too (an advantage hook, e.g. experiments/blocking.py's turn discount): the
+    # instruments get the advantages the update trains, so their sum is still the step's gradient.
     model, tokenizer = tiny
     tasks = ["matrix", "tictactoe"]
-    eps = episodes
-    ids, attn, mask = grpo.pad_batch(eps, tokenizer.pad_token_id)
-    labels = nested.label_batch(eps, tasks, ids.shape[1])
+    ids, attn, mask = grpo.pad_batch(episodes, tokenizer.pad_token_id)
+    labels = nested.label_batch(episodes, tasks, ids.shape[1])
     adv = torch.tensor([1.0, -0.5, 0.7, -1.2])
-    cfg = dict(grpo.defaults(), loss_type=loss_type, micro_batch_size=3, entropy_coef=0.01,
-               max_completion_length=5 * 6)
+    if per_token:
+        adv = adv[:, None] * torch.linspace(0.2, 1.0, ids.shape[1])[None]
+    cfg = replace(grpo.Settings(), loss_type=loss_type, micro_batch_size=3, entropy_coef=0.01)
+    cfg.max_completion_length = 5 * 6
     grads, ent, tok = nested.task_gradients(model, ids, attn, mask, labels, adv, cfg, len(tasks))
     model.zero_grad(set_to_none=True)
-    grpo.accumulate_gradients(model, ids, attn, mask, adv, cfg)
+    grpo.accumulate_gradients(model, ids, attn, mask, adv, cfg, num_tokens=mask[:, 1:].sum())
     full = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     model.zero_grad(set_to_none=True)
     assert grads[0].norm() > 0 and grads[1].norm() > 0
@@ -267,55 +282,46 @@ def test_per_task_gradients_sum_to_the_full_gradient(tiny, episodes, loss_type):
 
 
 # -----------------------------------------------------------------------------
-# End to end: every mode, 1 step, groups of 2, a random tiny model, 2 evaluation games
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = grpo.build_tiny_tokenizer()
-    grpo.build_tiny_model(tokenizer, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+# End to end: every mode, 1 step, groups of 2, the shipped tiny, 2 evaluation games
+def quick_args(out, *extra):
+    return ["--out-dir", str(out), "--steps", "1", "--num-groups", "2", "--group-size", "2",
+            "--max-new-tokens", "8", "--eval-games", "2", "--seeds", "0", *extra]
 
 
-def quick_args(tiny_dir, out, *extra):
-    return ["--model", tiny_dir, "--out-dir", str(out), "--steps", "1", "--num-groups", "2", "--group-size", "2",
-            "--max-new-tokens", "4", "--eval-games", "2", "--seeds", "0", "--sample-every", "0", *extra]
-
-
-def test_end_to_end_single_mixed_nested(tiny_dir, tmp_path, capsys):
-    opts = nested.parse_args(quick_args(tiny_dir, tmp_path))
-    results = nested.run_experiment(opts)
+def test_end_to_end_single_mixed_nested(tmp_path, capsys):
+    cfg = nested.parse_args(quick_args(tmp_path))
+    results = nested.run_experiment(cfg)
     assert list(results) == ["base", "single-matrix", "single-tictactoe", "mixed", "nested"]
     root = tmp_path / "I2"
     for row in ("single-matrix", "single-tictactoe", "mixed", "nested"):
         log = [json.loads(line) for line in open(root / row / "seed0" / "log.jsonl")]
         assert [r["step"] for r in log] == [1]
-        tasks = row[len("single-"):].split() if row.startswith("single") else ["matrix", "tictactoe"]
+        tasks = [row[len("single-"):]] if row.startswith("single") else ["matrix", "tictactoe"]
         for r in log:
             for t in tasks:
-                assert {f"{t}/{k}" for k in ("reward", "success", "kept", "entropy", "grad_norm")} <= set(r)
+                assert {f"{t}/{k}" for k in ("reward", "success", "entropy", "grad_norm", "token_share")} <= set(r)
             # the decomposition's total is grpo's own pre-clip gradient norm
             assert r["task_grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3, abs=1e-6)
         after = json.load(open(root / row / "seed0" / "eval.json"))["after"]
         assert {"matrix", "tictactoe", "joint"} <= set(after)
     table = open(root / "table.md").read()
-    assert "| nested |" in table and "| base |" in table
+    assert "| nested |" in table and "| base |" in table and "grad cos to update" in table
     # a second call finds every eval.json and trains nothing
     stamp = os.path.getmtime(root / "nested" / "seed0" / "log.jsonl")
-    nested.run_experiment(opts)
+    nested.run_experiment(cfg)
     assert os.path.getmtime(root / "nested" / "seed0" / "log.jsonl") == stamp
-    # ... but refuses to reuse a folder for other settings, or after the starting model changed
+    # ... but refuses to reuse a folder for other settings
     with pytest.raises(SystemExit):
-        nested.run_experiment(nested.parse_args(quick_args(tiny_dir, tmp_path, "--lr", "0.1")))
-    os.utime(os.path.join(tiny_dir, "config.json"), (0, 0))
-    with pytest.raises(SystemExit):
-        nested.run_experiment(opts)
+        nested.run_experiment(nested.parse_args(quick_args(tmp_path, "--lr", "0.1")))
 
 
-def test_nested_with_warmup_keeps_the_budget(tiny_dir, tmp_path):
-    opts = nested.parse_args(quick_args(tiny_dir, tmp_path, "--modes", "nested", "--warmup-steps", "1",
-                                        "--steps", "2", "--joint", "min"))
-    nested.run_experiment(opts)
+def test_nested_after_warmup_keeps_the_budget_and_fresh_start_states(tmp_path, monkeypatch):
+    seen = []
+    real = grpo.train_seeds
+    monkeypatch.setattr(grpo, "train_seeds", lambda *a: seen.append(real(*a)) or seen[-1])
+    cfg = nested.parse_args(quick_args(tmp_path, "--modes", "nested", "--warmup-steps", "1", "--steps", "2",
+                                       "--joint", "min"))
+    nested.run_experiment(cfg)
     run = tmp_path / "I2" / "nested" / "seed0"
     warm = [json.loads(line) for line in open(run / "warmup" / "log.jsonl")]
     main = [json.loads(line) for line in open(run / "log.jsonl")]
@@ -323,13 +329,13 @@ def test_nested_with_warmup_keeps_the_budget(tiny_dir, tmp_path):
     assert len(warm) == 1 and len(main) == 1
     assert json.load(open(run / "warmup" / "args.json"))["num_groups"] == 2
     assert json.load(open(run / "args.json"))["num_groups"] == 1
+    # the nested stage plays new start states, not the warm-up's again
+    assert len(seen) == 2 and not set(seen[0]) & set(seen[1])
     rows = nested.run_curves(str(run), ["matrix", "tictactoe"], warmup=True)
     assert [r["step"] for r in rows] == [1, 1, 2, 2]
 
 
-def test_nested_env_splits_every_sub_games_dice():
-    env = nested.NestedEnv([games.make_env("matrix", compact=True), games.make_env("tictactoe", compact=True)])
-    first = env.reset(3)
-    env.split_rng(1)
-    assert [sub.rng.random() for sub in env.subs] == [random.Random("3/1").random()] * 2
-    assert env.reset(3) == first
+def test_quick_sets_its_own_size_and_given_flags_still_win():
+    cfg = nested.parse_args(["--quick", "--seeds", "5"])
+    assert (cfg.steps, cfg.eval_games, cfg.out_dir, cfg.seeds) == (nested.QUICK["steps"], nested.QUICK["eval_games"],
+                                                                   nested.QUICK["out_dir"], "5")

@@ -1,0 +1,194 @@
+"""
+experiments/tictactoe_tactics.py -- what did a TicTacToe policy learn? Tactics in play, a probe over every
+position, and the best result any policy can get against the random opponent.
+
+Three measurements of one question (docs/LOG.md, "the blocking study"):
+  in play   TacticsTicTacToe counts, on every legal move of the learner, whether it could win at once and
+            did ("took_win"), and whether the opponent threatened to win and it blocked ("blocked").
+  probe     one greedy move in EVERY unfinished position that holds a tactic: 2,358 with a win to take and
+            976 with a single threat to block, not only the positions a policy meets in its own games.
+  optimum   the expectimax value of TicTacToe against the uniformly random opponent, under grpo.py's
+            evaluation protocol (empty board, random first player) and GIFT's rewards (win 1, draw 0.5):
+            the scale for "wins 80%" -- perfect (minimax) play is NOT it, since it does not exploit mistakes.
+
+Run:  python experiments/tictactoe_tactics.py --optimum                          # exact, a few seconds
+      python experiments/tictactoe_tactics.py --model runs/grpo/checkpoint      # in play (200 games) + probe
+"""
+import argparse
+import functools
+import itertools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import games  # noqa: E402
+import grpo  # noqa: E402
+
+EMPTY = games.EMPTY
+
+
+def winning_cells(board, mark):
+    """The empty cells where `mark` completes a line at once (a win to take, or a threat to block)."""
+    return [k for k in games.ttt_legal_moves(board) if games.ttt_winner(games._place(board, k, mark)) == mark]
+
+
+# Every position of the game. A board with no line and x = o or x = o + 1 pieces is always reachable (no prefix
+# of its moves can hold a line either), so these are all 4,520 unfinished positions: the 5,478 legal positions
+# of TicTacToe minus its 958 finished ones.
+@functools.lru_cache(maxsize=None)
+def positions():
+    """((board, mark to move), ...) for every unfinished position, in a fixed order."""
+    return tuple((cells, "x" if cells.count("x") == cells.count("o") else "o")
+                 for cells in itertools.product("xo" + EMPTY, repeat=9)
+                 if cells.count("x") - cells.count("o") in (0, 1) and EMPTY in cells and games.ttt_winner(cells) is None)
+
+
+@functools.lru_cache(maxsize=None)
+def tactic_positions():
+    """((board, mark, kind, cells), ...): "win" where `mark` can win at once (cells: where), else "block" where
+    the opponent threatens exactly one cell (two threats cannot both be blocked, so they are left out)."""
+    probe = []
+    for board, mark in positions():
+        wins, threats = winning_cells(board, mark), winning_cells(board, games._other(mark))
+        if wins:
+            probe.append((board, mark, "win", wins))
+        elif len(threats) == 1:
+            probe.append((board, mark, "block", threats))
+    return tuple(probe)
+
+
+class TacticsTicTacToe(games.TicTacToeEnv):
+    """TicTacToe that counts the learner's tactics in info: win_chances, wins_taken, block_chances, blocks_made."""
+
+    def reset(self, seed):
+        self.tactics = dict.fromkeys(("win_chances", "wins_taken", "block_chances", "blocks_made"), 0)
+        return super().reset(seed)
+
+    def step(self, response):
+        wins, threats = winning_cells(self.board, self.mark), winning_cells(self.board, self.opponent_mark)
+        obs, reward, done, info = super().step(response)
+        if info["valid"]:
+            cell = games.parse_ttt_move(info["action"])
+            if wins:
+                self.tactics["win_chances"] += 1
+                self.tactics["wins_taken"] += cell in wins
+            elif threats:
+                self.tactics["block_chances"] += 1
+                self.tactics["blocks_made"] += cell in threats
+        return obs, reward, done, {**info, **self.tactics}
+
+
+def tactic_rates(episodes):
+    """took_win and blocked over a list of finished TacticsTicTacToe episodes."""
+    total = {k: sum(ep.info.get(k, 0) for ep in episodes) for k in ("win_chances", "wins_taken", "block_chances", "blocks_made")}
+    return {"took_win": total["wins_taken"] / max(1, total["win_chances"]),
+            "blocked": total["blocks_made"] / max(1, total["block_chances"]), **total}
+
+
+def probe(model, tokenizer, max_new=24):
+    """Greedy move in every tactic position: {"took_win": rate, "blocked": rate}."""
+    env = games.make_env("tictactoe", compact=grpo.is_compact(model))
+    env.reset(grpo.EVAL_SEED_BASE)
+    system = None if grpo.is_compact(model) else grpo.SYSTEM_PROMPT
+    cases = tactic_positions()
+    prompts = [grpo.start_episode(tokenizer, _Fixed(env, board, mark), 0, 0, system).ids for board, mark, _, _ in cases]
+    config, stops = grpo.generation_config(model, tokenizer, 0.0, max_new), set(grpo.stop_ids(tokenizer, model))
+    replies = grpo.generate_batch(model, tokenizer, prompts, config)
+    hits = {"win": [0, 0], "block": [0, 0]}
+    for (_, _, kind, cells), new in zip(cases, replies):
+        text = tokenizer.decode(grpo.cut_at_stop(new, stops)[0], skip_special_tokens=True)
+        hits[kind][0] += games.parse_ttt_move(games.parse_answer(text) or "") in cells
+        hits[kind][1] += 1
+    return {"took_win": hits["win"][0] / hits["win"][1], "blocked": hits["block"][0] / hits["block"][1]}
+
+
+class _Fixed:
+    """An env whose reset shows one given position (so grpo.start_episode renders it like a game's first turn)."""
+    def __init__(self, env, board, mark):
+        self.env, self.board, self.mark, self.name = env, board, mark, env.name
+
+    def reset(self, seed):
+        return self.env.set_position(self.board, self.mark)
+
+
+# The best policy against the uniformly random opponent, by expectimax over the whole game tree:
+#     V(s) = max over my moves m of E[ V(s after m and a random reply) ],  terminal: win 1, draw 0.5, loss 0
+# The value is unique; the split into wins and draws is not: moves of equal value can trade a little win
+# probability for fewer losses. `prefer` breaks those ties: "wins" (more wins) or "safety" (fewer losses).
+@functools.lru_cache(maxsize=None)
+def _best(board, me, prefer):
+    """Outcome probabilities (win, draw, loss) of a best policy for `me`, with `me` to move."""
+    best = None
+    for m in games.ttt_legal_moves(board):
+        after = games._place(board, m, me)
+        if games.ttt_winner(after) == me:
+            result = (1.0, 0.0, 0.0)
+        elif EMPTY not in after:
+            result = (0.0, 1.0, 0.0)
+        else:
+            result = _reply(after, me, prefer)
+        key = (round(result[0] + 0.5 * result[1], 12), result[0] if prefer == "wins" else -result[2])
+        if best is None or key > best[0]:
+            best = (key, result)
+    return best[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _reply(board, me, prefer):
+    """(win, draw, loss) when the random opponent moves now."""
+    them, moves, total = games._other(me), games.ttt_legal_moves(board), [0.0, 0.0, 0.0]
+    for m in moves:
+        after = games._place(board, m, them)
+        result = (0.0, 0.0, 1.0) if games.ttt_winner(after) == them else (0.0, 1.0, 0.0) if EMPTY not in after \
+            else _minimax_player(after, me) if prefer == "minimax" else _best(after, me, prefer)
+        total = [t + r / len(moves) for t, r in zip(total, result)]
+    return tuple(total)
+
+
+# For comparison, perfect play in the game-theory sense: a minimax player (uniform among its optimal moves)
+# never loses, but it treats every move that cannot lose as equally good, where the best policy against
+# random picks the ones that give the opponent the most chances to blunder.
+@functools.lru_cache(maxsize=None)
+def _minimax_player(board, me):
+    values = games.minimax_values(board, me)
+    moves = [m for m, v in values.items() if v == max(values.values())]
+    total = [0.0, 0.0, 0.0]
+    for m in moves:
+        after = games._place(board, m, me)
+        result = (1.0, 0.0, 0.0) if games.ttt_winner(after) == me else (0.0, 1.0, 0.0) if EMPTY not in after \
+            else _reply(after, me, "minimax")
+        total = [t + r / len(moves) for t, r in zip(total, result)]
+    return tuple(total)
+
+
+def optimum(prefer="wins"):
+    """(win, draw, loss) vs random: we move first with p 1/2 (as x), else after a random x. prefer: "wins" or
+    "safety" (a best policy, its ties broken so), or "minimax" (the game-theoretic perfect player)."""
+    first = (_minimax_player if prefer == "minimax" else lambda b, m: _best(b, m, prefer))((EMPTY,) * 9, "x")
+    second = _reply((EMPTY,) * 9, "o", prefer)
+    return tuple(0.5 * a + 0.5 * b for a, b in zip(first, second))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--model", default="", help="a checkpoint to measure in play and on the probe")
+    p.add_argument("--games", type=int, default=200, help="evaluation games against random (default 200)")
+    p.add_argument("--optimum", action="store_true", help="print the best possible result against random")
+    args = p.parse_args(argv)
+    if args.optimum:
+        for prefer in ("wins", "safety", "minimax"):
+            win, draw, loss = optimum(prefer)
+            print(f"{'minimax play' if prefer == 'minimax' else f'best policy (ties: {prefer})'} vs random: expected reward "
+                  f"{win + 0.5 * draw:.4f}, wins {100 * win:.1f}%, draws {100 * draw:.1f}%, losses {100 * loss:.1f}%")
+    if args.model:
+        model, tokenizer = grpo.load_policy(args.model)
+        envs = [TacticsTicTacToe(compact=grpo.is_compact(model)) for _ in range(args.games)]
+        rates, episodes = grpo.play(model, tokenizer, envs)
+        in_play, on_probe = tactic_rates(episodes), probe(model, tokenizer)
+        print(f"{args.model}: wins {100 * rates.get('win', 0):.1f}%, losses {100 * rates.get('loss', 0):.1f}%; in play "
+              f"took_win {in_play['wins_taken']}/{in_play['win_chances']}, blocked {in_play['blocks_made']}/"
+              f"{in_play['block_chances']}; probe took_win {100 * on_probe['took_win']:.1f}%, blocked {100 * on_probe['blocked']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
