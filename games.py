@@ -1,56 +1,27 @@
 """
 games.py -- the GIFT training games as small text environments, plus an arithmetic stand-in for MATH.
 
-What it is: each game is a plain class with reset(seed) -> observation text and step(response) ->
-(observation, reward, done, info). The model's raw reply goes in. The env takes the last
-<answer>...</answer> out of it, checks it, and plays all the other players itself. There is no
-torch here: grpo.py, nested.py, glow_sft.py and evaluate.py drive these envs with any policy.
+What it is: make_env(name, **options) builds one of ENV_NAMES (matrix, tictactoe, spy, arith, math_jsonl).
+env.reset(seed) gives the first observation; env.step(reply) reads the last <answer>...</answer> out of the
+model's raw reply, plays every other player itself and returns (observation, reward, done, info). The same
+seed and replies give the same episode. No torch: grpo.py, nested.py, glow_sft.py and evaluate.py drive
+these envs with any policy. Compact observations (compact=True, every env) are a few short lines that a tiny
+byte-level model can read, such as "you:x\nx.o\n.x.\n..o" in TicTacToe; each render() shows its own.
 
-Interface (other files rely on exactly these names):
-    parse_answer(text) -> str | None            content of the last complete <answer>..</answer>
-    format_answer(action, think=None) -> str    "<think>..</think> <answer>action</answer>"
-    make_env(name, **options) -> env            name in ENV_NAMES: matrix tictactoe spy arith math_jsonl
-    env.reset(seed) -> obs                      same seed + same responses -> the same episode
-    env.step(response) -> obs, reward, done, info
-        info: valid, outcome, success, turn, answer (+ keys of each game)
-        outcome: ongoing win draw loss success failure truncated opponent_error
-    env.render(), env.legal_actions(), env.random_action(rng), env.name, env.max_turns
-    make_arith_problem(rng, steps, max_operand, split) -> dict;  check_answer(answer, gold) -> bool
-    OpenAIChatOpponent(base_url, model): an LLM opponent over HTTP, standard library only
+Rewards (GIFT, arXiv 2601.05633, App. B.3): success 1, failure 0, TicTacToe draw 0.5. A reply that does not
+END with a complete <answer>...</answer>, or holds an illegal answer, gets -0.1, uses up the turn and leaves
+the state unchanged; once the turns run out the episode ends as "truncated" (no extra reward). The
+single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad answer.
 
-Rewards (GIFT, arXiv 2601.05633, App. B.3): success 1, failure 0, TicTacToe draw 0.5. A reply that does
-not END with a complete <answer>...</answer>, or holds an illegal answer, gets -0.1, uses up the turn,
-leaves the state unchanged, and the player may try again while turns remain. If the turns run out first, the episode ends as "truncated" (no extra reward). The
-single-turn games (matrix, arith, math_jsonl) therefore end at once on a bad answer: -0.1, "truncated".
-
-Options (all envs also take compact=False):
-    matrix      transform=True, template=None|0..6
-    tictactoe   opponent="random"|"minimax"|callable, opponent_tries=3, random_start=False, max_turns=5
-    spy         words_file=None, opponent=None|callable, opponent_tries=2, max_turns=3
-    arith       steps=2, max_operand=20, split="train"|"ood"
-    math_jsonl  path (required)
-A callable opponent gets a full prompt from its own seat and must reply "<answer>...</answer>".
-
-Compact observations, for a tiny byte-level model (a bad answer puts a line "invalid" first):
-    matrix     "you:p1\n3,3 0,5\n5,0 1,1"              role, then rows of "P1 payoff,P2 payoff"
-    tictactoe  "you:x\nx.o\n.x.\n..o"                  your mark, then the board (last, see TicTacToeEnv)
-    spy        "you:2 word:tea\n1:leaf\n2:\n3:\n4:\nsay"  seat and word, clues per seat, "say"/"vote"
-    arith      "(7+5)*2-3=?"                            the expression; math_jsonl: the question
-
-What we simplified or changed vs GIFT (and why), one line each:
-- Matrix target: a pure Nash equilibrium (highest payoff sum, then lowest numbers), else the argmax of our
-  own mixed equilibrium. GIFT takes the argmax of nashpy's LAST equilibrium (section 3), so labels differ.
+What we simplified or changed vs GIFT (and why), one line each; each section says more:
+- Matrix target: our own equilibrium rule, stated in the prompt; GIFT's argmax of nashpy's LAST one differs.
 - The reply must end with its answer, as GIFT's parser demands; unlike GIFT, no <think> block is required.
 - Matrix invalid answers cost -0.1 (GIFT's env gives 0); the same rule then holds for every game.
-- TicTacToe: "x" always moves first (GIFT's Player 1 is "O"). The opponent is random, minimax or any
-  callable such as an LLM; GIFT always uses Qwen3-14B. The intro text is picked once per episode.
-  (Research opponents -- greedy, noisy minimax -- live in experiments/blocking.py.)
-- Spy: bots with clue lists (data/spy_words.json, our own) stand in for the Qwen3-14B opponents. The
-  vote instruction is the same for spy and civilians; GIFT's differs, which gives the role away.
-- MATH is replaced by "arith": seeded multi-step integer word problems a tiny model can learn. An
-  "ood" split differs in kind: new wordings and nouns, exact division (never seen in train), 2 more
-  steps, bigger numbers. "math_jsonl" reads real problems from a file of question/answer lines.
-- Every env has compact=True: a very short observation for a tiny byte-level model.
+- TicTacToe: "x" always moves first (GIFT's Player 1 is "O"); random, minimax or LLM opponents (GIFT: Qwen3-14B).
+- Spy: clue-list bots (data/spy_words.json, ours) stand in for Qwen3-14B; the vote instruction is the same
+  for every role (GIFT's differs, which gives the role away).
+- MATH is replaced by "arith", seeded integer word problems a tiny model can learn, with an "ood" split that
+  differs in kind; "math_jsonl" reads real problems from a file of question/answer lines.
 
 Run:  python games.py demo                                   # one bot-vs-bot episode per game
       python games.py play tictactoe --opponent minimax      # you play, in the terminal
@@ -66,7 +37,6 @@ import operator
 import os
 import random
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -80,33 +50,26 @@ REWARD_FAILURE = 0.0       # loss / wrong answer / out of turns / opponent broke
 REWARD_DRAW = 0.5          # TicTacToe draw (GIFT App. B.3)
 REWARD_INVALID = -0.1      # unparseable or illegal answer; GIFT's format penalty (App. B.3)
 MAX_ANSWER_CHARS = 400     # longer answers are invalid: moves, votes, clues and numbers are short
-
 MATRIX_OFFSETS = (0, 100, -100)  # added to every payoff, drawn uniformly (GIFT App. A.1 and code)
 MATRIX_NEGATE_PROB = 0.5         # chance to multiply both payoff matrices by -1 (GIFT App. A.1)
 MATRIX_NEGATE_BELOW_ID = 7       # GIFT's code negates only games 0..6; we do the same for the classics
 NASH_TOL = 1e-9                  # numerical slack in the support-enumeration checks
-
 TTT_MAX_TURNS = 5                # learner moves per game; the game always ends by then (GIFT App. B.3)
 TTT_OPPONENT_TRIES = 3           # tries a callable opponent gets for a legal move (GIFT code: 3)
-
 SPY_PLAYERS = 4                  # seats, exactly one spy (GIFT App. A.3)
 SPY_ROUNDS = 2                   # description rounds before the single vote (GIFT App. A.3)
 SPY_MAX_TURNS = 3                # 2 descriptions + 1 vote (GIFT App. A, B.3)
 SPY_OPPONENT_TRIES = 2           # tries a callable opponent gets (GIFT code default in nested envs)
 SPY_WORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "spy_words.json")
-
 ARITH_MUL_FACTORS = (2, 3)       # multiplication only by small factors, in both splits
 ARITH_DIVISORS = (2, 3, 4, 5)    # exact division: the operation that only the ood split uses
 ARITH_OOD_EXTRA_STEPS = 2        # ood problems have this many more operations than train
 ARITH_OOD_SCALE = 5              # ood numbers go up to max_operand * ARITH_OOD_SCALE
 ARITH_TRIES = 1000               # rejection-sampling budget for one ood problem (division must be exact)
 CHECK_TOL = 1e-6                 # relative tolerance of check_answer for non-integer answers
-
 OPPONENT_BACKOFF_S = 0.5         # wait before the first HTTP retry; it doubles each retry (GIFT code)
-
 # One sentence that every full prompt ends with: the reply format of GIFT's wrapper, our wording.
-FORMAT_RULE = ("Reason inside <think> </think>, then give only your final answer inside "
-               "<answer> </answer>.")
+FORMAT_RULE = "Reason inside <think> </think>, then give only your final answer inside <answer> </answer>."
 
 
 # -----------------------------------------------------------------------------
@@ -115,23 +78,20 @@ FORMAT_RULE = ("Reason inside <think> </think>, then give only your final answer
 #     reply = "<think> reasoning </think> <answer> action </answer>"
 #
 # Two rules, one for reading the answer and one for when a reply counts:
-#   - READ: the content of the LAST complete <answer>...</answer> pair, because a model that "corrects
-#     itself" writes the final answer last. Chatter before the tags is fine (GIFT also demands one
-#     <think> block; we do not).
-#   - COUNT (game turns only, `answer_ends_reply`): nothing but whitespace may follow that pair. GIFT's
-#     regex ends in "</answer>$" for the same reason: a reply that runs on after its answer has not
-#     finished. Without this rule the tiny model's answers drifted to "<answer>(2,2)</answer></answer>
-#     </answer>..." up to the token limit, since the drift cost no reward (docs/LOG.md, 2026-12-02).
-#     Benchmark replies (evaluate.py) are only READ, so there trailing text is allowed.
+#   - READ: the content of the LAST complete <answer>...</answer> pair, because a model that "corrects itself"
+#     writes the final answer last. Chatter before the tags is fine (GIFT also demands a <think> block; we do not).
+#   - COUNT (game turns only, `answer_ends_reply`): nothing but whitespace may follow that pair. GIFT's regex
+#     ends in "</answer>$" for the same reason: a reply that runs on after its answer has not finished. Without
+#     this rule the tiny model's answers drifted to "<answer>(2,2)</answer></answer></answer>..." up to the
+#     token limit, since the drift cost no reward (docs/LOG.md, 2026-12-02). Benchmark replies (evaluate.py)
+#     are only READ, so there trailing text is allowed.
 #
 # The scan is one pass over the tags, so 1 MB of text costs 1 MB of work. A pattern such as
-# "<answer>(.*?)</answer>" would rescan to the end of the text from every unclosed <answer>,
-# which is quadratic. Rules of the scan:
-#   - an opening tag remembers where content starts; a later opening tag replaces it;
-#   - a closing tag after an opening tag makes a complete pair; a closing tag with no open
-#     tag before it is ignored.
-# So "<answer><answer>1</answer></answer>" gives "1" (innermost pair), "<answer>1</answer>
-# <answer>2" gives "1" (2 is never closed), and an empty last pair gives None.
+# "<answer>(.*?)</answer>" would rescan to the end of the text from every unclosed <answer>: quadratic.
+# An opening tag remembers where content starts (a later opening tag replaces it); a closing tag after an
+# opening tag makes a complete pair; a closing tag with no open tag before it is ignored. So
+# "<answer><answer>1</answer></answer>" gives "1" (innermost pair), "<answer>1</answer><answer>2" gives "1"
+# (2 is never closed), and an empty last pair gives None.
 ANSWER_RE = re.compile(r"<(/?)answer>", re.IGNORECASE | re.ASCII)   # one opening or closing tag
 
 
@@ -151,9 +111,7 @@ def _last_pair(text):
 def parse_answer(text):
     """Content of the last complete <answer>...</answer> pair, stripped; None if there is none or it is empty."""
     content, _ = _last_pair(text)
-    if content is None:
-        return None
-    return content.strip() or None
+    return None if content is None else content.strip() or None
 
 
 def answer_ends_reply(text):
@@ -171,12 +129,10 @@ def format_answer(action, think=None):
 # -----------------------------------------------------------------------------
 # 2. What every env shares: turns, invalid answers, the info dict
 #
-# GIFT App. B.3 and its code: a bad answer costs -0.1, the turn is gone, the state is unchanged,
-# and the player sees the same state again with a note. The only other thing all games share is
-# the shape of info. Everything else lives in each game's own class.
-#
-# Each game also offers legal_actions() (where the choices are finite) and random_action(rng).
-# The second exists for the behaviour-cloning warm start: transcripts of random legal play teach a
+# GIFT App. B.3 and its code: a bad answer costs -0.1, the turn is gone, the state is unchanged, and the
+# player sees the same state again with a note. The only other thing all games share is the shape of info.
+# Each game also offers legal_actions() (where the choices are finite) and random_action(rng). The second
+# exists for the behaviour-cloning warm start (data/make_tiny.py): transcripts of random legal play teach a
 # fresh model the answer FORMAT of every game without teaching it any strategy.
 class TextEnv:
     name = "base"
@@ -184,10 +140,7 @@ class TextEnv:
 
     def __init__(self, compact=False):
         self.compact = bool(compact)
-        self.rng = None                               # random.Random(seed), set by reset()
-        self.turn = 0                                 # learner turns used so far
-        self.done = True
-        self.outcome = "ongoing"
+        self.turn, self.done, self.outcome = 0, True, "ongoing"   # turn: learner turns used so far
 
     def _begin(self, seed):
         # One private RNG per env: the same seed always gives the same episode, whatever else runs.
@@ -198,14 +151,10 @@ class TextEnv:
     def _take_turn(self, response):
         """Start a learner turn: check the episode is running and pull the answer out of the reply.
         Returns (answer, error); error is None when the reply holds a usable answer."""
-        if self.rng is None:
-            raise RuntimeError(f"{self.name}: call reset(seed) before step()")
-        if self.done:
-            raise RuntimeError(f"{self.name}: the episode is over; call reset(seed) to start a new one")
-        if not isinstance(response, str):
-            raise TypeError(f"{self.name}.step expects the model's reply as a str, got {type(response).__name__}")
+        if self.done:                                # also before the first reset(): __init__ sets done
+            raise RuntimeError(f"{self.name}: no episode is running; call reset(seed) to start one")
+        answer = parse_answer(response)              # a reply that is not a str raises TypeError here
         self.turn += 1
-        answer = parse_answer(response)
         if answer is None:
             return None, "no <answer>...</answer> with content found"
         if not answer_ends_reply(response):
@@ -215,41 +164,42 @@ class TextEnv:
         return answer, None
 
     def _result(self, obs, reward, valid, outcome, answer, **extra):
-        self.outcome = outcome
-        self.done = outcome != "ongoing"
+        self.outcome, self.done = outcome, outcome != "ongoing"
         info = {"valid": valid, "outcome": outcome, "success": outcome in ("win", "success"),
                 "turn": self.turn, "answer": answer, **extra}
         return obs, float(reward), self.done, info
 
+    def _end(self, headline, outcome, answer, reward=REWARD_FAILURE, valid=True, **extra):
+        """The last step of an episode: the headline, then the final state."""
+        return self._result(self._final_text(headline), reward, valid, outcome, answer, **extra)
+
     def _invalid(self, reason, answer, **extra):
         # The -0.1 is paid even on the last turn; the episode then ends as "truncated".
         if self.turn >= self.max_turns:
-            obs = self._final_text(f"Invalid answer ({reason}) and no turns left.")
-            return self._result(obs, REWARD_INVALID, False, "truncated", answer, **extra)
+            return self._end(f"Invalid answer ({reason}) and no turns left.", "truncated", answer, REWARD_INVALID,
+                             False, **extra)
         note = "invalid" if self.compact else f"Your last answer was invalid: {reason}. Nothing changed; try again."
         return self._result(note + "\n" + self._observation(), REWARD_INVALID, False, "ongoing", answer, **extra)
-
-    def _grade(self, answer, error, gold, extra):
-        """The last step of a single-answer task (arith, math_jsonl): invalid, or right / wrong vs gold."""
-        if error:
-            return self._invalid(error, answer, **extra)
-        right = check_answer(answer, gold)
-        obs = self._final_text(f"The answer is {gold}.")
-        return self._result(obs, REWARD_SUCCESS if right else REWARD_FAILURE, True,
-                            "success" if right else "failure", answer, **extra)
 
     def _final_text(self, headline):
         return headline + "\n" + self.render()
 
     def _observation(self):
-        raise NotImplementedError
+        # What the learner sees: the short state for a tiny model, else the full prompt with the rules.
+        return self.render() if self.compact else self._prompt()
+
+    def legal_actions(self):
+        raise NotImplementedError(f"{self.name}: answers are free text; use random_action()")
+
+    def random_action(self, rng):
+        return rng.choice(self.legal_actions())
 
 
 # -----------------------------------------------------------------------------
 # 3. Matrix games (GIFT App. A.1): one-shot, "pick your Nash equilibrium action"
 #
-# The nine games of Hua et al. 2024 as GIFT uses them. A is Player 1's payoff, B is Player 2's;
-# rows are Player 1's actions, columns Player 2's, both numbered from 1 in the prompts.
+# The nine games of Hua et al. 2024 as GIFT uses them. A is Player 1's payoff, B is Player 2's; rows are
+# Player 1's actions, columns Player 2's, both numbered from 1 in the prompts.
 MATRIX_GAMES = [
     ("Prisoner's Dilemma", [[3, 0], [5, 1]], [[3, 5], [0, 1]]),
     ("Battle of the Sexes", [[2, 0], [0, 1]], [[1, 0], [0, 2]]),
@@ -279,58 +229,51 @@ def pure_equilibria(A, B):
     return [(int(i), int(j)) for i, j in zip(*np.nonzero(best_row & best_col))]
 
 
-# 3b. Mixed equilibria by support enumeration (our own, in place of nashpy).
-#
-# Guess the supports I (rows) and J (columns), of equal size k. Player 2's mix y on J must make
-# Player 1 indifferent between the rows of I, and the other way round:
+# 3b. Mixed equilibria by support enumeration (our own, in place of nashpy). Guess the supports I (rows) and
+# J (columns), of equal size k. Player 2's mix y on J must make Player 1 indifferent between the rows of I,
+# and the other way round:
 #
 #     A[I, J] y_J = v 1,   sum(y_J) = 1        B[I, J]^T x_I = u 1,   sum(x_I) = 1
 #
-# Keep (x, y) if both mixes are nonnegative and no action outside the supports pays more.
-# Nondegenerate games always have an equilibrium with equal-size supports; k = 1 finds the pure ones.
+# Keep (x, y) if both mixes are nonnegative and no action outside the supports pays more. Nondegenerate
+# games always have an equilibrium with equal-size supports; k = 1 finds the pure ones.
 def _indifference_mix(M):
     """Mix over the columns of the square M that gives every row the same payoff; None if there is none."""
     k = M.shape[0]
     system = np.zeros((k + 1, k + 1))
     system[:k, :k], system[:k, k], system[k, :k] = M, -1.0, 1.0  # M y - v = 0, sum(y) = 1
-    rhs = np.zeros(k + 1)
-    rhs[k] = 1.0
     try:
-        solution = np.linalg.solve(system, rhs)
+        mix = np.linalg.solve(system, np.eye(k + 1)[k])[:k]       # right-hand side (0, ..., 0, 1)
     except np.linalg.LinAlgError:                                  # singular: no unique mix
         return None
-    mix = solution[:k]
     return None if (mix < -NASH_TOL).any() else np.clip(mix, 0.0, None)
 
 
 def mixed_equilibria(A, B):
     """Every equilibrium with equal-size supports, smallest supports first, then lexicographic."""
     A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
-    m, n = A.shape
-    found = []
+    (m, n), found = A.shape, []
     for k in range(1, min(m, n) + 1):
-        for I in itertools.combinations(range(m), k):
-            for J in itertools.combinations(range(n), k):
-                y_J = _indifference_mix(A[np.ix_(I, J)])        # Player 2 keeps Player 1 indifferent on I
-                x_I = _indifference_mix(B[np.ix_(I, J)].T)      # Player 1 keeps Player 2 indifferent on J
-                if y_J is None or x_I is None:
-                    continue
-                x, y = np.zeros(m), np.zeros(n)
-                x[list(I)], y[list(J)] = x_I, y_J
-                row_pay, col_pay = A @ y, x @ B                  # (m,), (n,): payoff of every pure reply
-                if row_pay.max() <= row_pay[list(I)].min() + NASH_TOL and \
-                   col_pay.max() <= col_pay[list(J)].min() + NASH_TOL:
-                    found.append((x, y))
+        for I, J in itertools.product(itertools.combinations(range(m), k), itertools.combinations(range(n), k)):
+            I, J = list(I), list(J)
+            y_J = _indifference_mix(A[np.ix_(I, J)])        # Player 2 keeps Player 1 indifferent on I
+            x_I = _indifference_mix(B[np.ix_(I, J)].T)      # Player 1 keeps Player 2 indifferent on J
+            if y_J is None or x_I is None:
+                continue
+            x, y = np.zeros(m), np.zeros(n)
+            x[I], y[J] = x_I, y_J
+            row_pay, col_pay = A @ y, x @ B                  # (m,), (n,): payoff of every pure reply
+            if row_pay.max() <= row_pay[I].min() + NASH_TOL and col_pay.max() <= col_pay[J].min() + NASH_TOL:
+                found.append((x, y))
     return found
 
 
 # 3c. The target action. The prompt states the same rule, so the label is learnable:
-#   1. pure equilibria exist: take the one with the largest A + B (payoff dominance), then the
-#      lowest (row, col);
+#   1. pure equilibria exist: take the one with the largest A + B (payoff dominance), then the lowest (row, col);
 #   2. none: take the first mixed equilibrium of 3b and the role's most likely action (lowest on ties).
-# GIFT instead takes nashpy's LAST support-enumeration equilibrium and its argmax. For games with
-# several equilibria that is often the mixed one, so some labels differ (GIFT's column: nashpy 0.0.43 run
-# on the official code's games, docs/PAPERS.md; ours pinned by tests/test_games.py):
+# GIFT instead takes nashpy's LAST support-enumeration equilibrium and its argmax. For games with several
+# equilibria that is often the mixed one, so some labels differ (GIFT's column: nashpy 0.0.43 run on the
+# official code's games, docs/PAPERS.md; ours pinned by tests/test_games.py):
 #
 #     game                      ours P1,P2  negated       GIFT P1,P2  negated
 #     Prisoner's Dilemma        2,2         1,1           2,2         1,1
@@ -347,8 +290,7 @@ def matrix_target(A, B, role):
     A, B = np.asarray(A), np.asarray(B)
     pure = pure_equilibria(A, B)
     if pure:
-        best = max(pure, key=lambda cell: (A[cell] + B[cell], -cell[0], -cell[1]))
-        return best[role - 1] + 1
+        return max(pure, key=lambda cell: (A[cell] + B[cell], -cell[0], -cell[1]))[role - 1] + 1
     mixed = mixed_equilibria(A, B)
     if not mixed:
         raise ValueError("no equilibrium with equal-size supports: the game is degenerate; "
@@ -357,55 +299,26 @@ def matrix_target(A, B, role):
     return int(np.flatnonzero(strategy >= strategy.max() - NASH_TOL)[0]) + 1
 
 
-# 3d. Prompt templates: the same game in seven layouts, so the model learns the game and not one
-# table format (GIFT's code has 12 layouts; these are ours). Each gets (A, B, role) and returns
-# the description; the role line and the question are added around it.
-def _grid(A, B, cell):
-    """A Markdown table with rows = Player 1's actions, columns = Player 2's, cells from cell(a, b)."""
-    m, n = A.shape
-    lines = ["|   | " + " | ".join(str(j + 1) for j in range(n)) + " |", "|---|" + "---|" * n]
-    for i in range(m):
-        lines.append(f"| {i + 1} | " + " | ".join(cell(A[i, j], B[i, j]) for j in range(n)) + " |")
-    return "\n".join(lines)
-
-
+# 3d. Prompt templates: the same game in three layouts, so the model learns the game and not one table format
+# (GIFT's code has 12 layouts; these are ours). Each gets (A, B, role) and returns the description; the role
+# line and the question are added around it.
 def _cells(A, B):
     return [(i + 1, j + 1, int(A[i, j]), int(B[i, j])) for i in range(A.shape[0]) for j in range(A.shape[1])]
 
 
-def _tpl_two_tables(A, B, role):
-    return ("Player 1 picks a row and Player 2 picks a column, at the same time.\n\n"
-            f"Payoffs of Player 1:\n{_grid(A, B, lambda a, b: str(a))}\n\n"
-            f"Payoffs of Player 2:\n{_grid(A, B, lambda a, b: str(b))}")
-
-
 def _tpl_joint_table(A, B, role):
+    """A Markdown table: rows are Player 1's actions, columns Player 2's."""
+    m, n = A.shape
+    lines = ["|   | " + " | ".join(str(j + 1) for j in range(n)) + " |", "|---|" + "---|" * n]
+    lines += [f"| {i + 1} | " + " | ".join(f"({A[i, j]}, {B[i, j]})" for j in range(n)) + " |" for i in range(m)]
     return ("Rows are Player 1's actions, columns are Player 2's actions. "
-            "Each cell shows (payoff of Player 1, payoff of Player 2).\n\n"
-            + _grid(A, B, lambda a, b: f"({a}, {b})"))
+            "Each cell shows (payoff of Player 1, payoff of Player 2).\n\n" + "\n".join(lines))
 
 
 def _tpl_outcomes(A, B, role):
     lines = [f"- Player 1 plays {i}, Player 2 plays {j}: Player 1 gets {a}, Player 2 gets {b}"
              for i, j, a, b in _cells(A, B)]
     return "Both players choose at once. The possible outcomes are:\n" + "\n".join(lines)
-
-
-def _tpl_matrices(A, B, role):
-    return ("Entry [i][j] of each matrix is the payoff when Player 1 plays i and Player 2 plays j.\n"
-            f"Player 1 payoff matrix: {A.tolist()}\nPlayer 2 payoff matrix: {B.tolist()}")
-
-
-def _tpl_shops(A, B, role):
-    lines = [f"- North plan {i}, South plan {j}: North earns {a}, South earns {b}"
-             for i, j, a, b in _cells(A, B)]
-    return (f"Two shops pick a pricing plan without talking to each other. North (Player 1) has plans "
-            f"1-{A.shape[0]}, South (Player 2) has plans 1-{A.shape[1]}. Their profits:\n" + "\n".join(lines))
-
-
-def _tpl_one_line(A, B, role):
-    cells = ", ".join(f"({i},{j})={a}/{b}" for i, j, a, b in _cells(A, B))
-    return f"Payoffs written as (row,column)=Player 1/Player 2: {cells}."
 
 
 def _tpl_your_view(A, B, role):
@@ -416,65 +329,53 @@ def _tpl_your_view(A, B, role):
     return "From your side of the table:\n" + "\n".join(sorted(lines))
 
 
-MATRIX_TEMPLATES = (_tpl_two_tables, _tpl_joint_table, _tpl_outcomes, _tpl_matrices,
-                    _tpl_shops, _tpl_one_line, _tpl_your_view)
-MATRIX_RULE = ("Choose the action you would play in a Nash equilibrium: a pair of actions where "
-               "neither player can do better by changing only their own action. If there are several, "
-               "use the one with the largest total payoff of both players (then the lowest action "
-               "numbers). If there is none, use the action you play most often in a mixed equilibrium.")
+MATRIX_TEMPLATES = (_tpl_joint_table, _tpl_outcomes, _tpl_your_view)
+MATRIX_RULE = ("Choose the action you would play in a Nash equilibrium: a pair of actions where neither player "
+               "can do better by changing only their own action. If there are several, use the one with the "
+               "largest total payoff of both players (then the lowest action numbers). If there is none, use "
+               "the action you play most often in a mixed equilibrium.")
 
 
 class MatrixEnv(TextEnv):
-    """One-shot matrix game: answer with your action number (a bare integer, whitespace allowed)."""
+    """One-shot matrix game: answer with your action number (a bare integer, whitespace allowed).
+    Option: transform (GIFT's sign flip and offset; False shows the classic payoffs)."""
     name = "matrix"
-    max_turns = 1
 
-    def __init__(self, transform=True, template=None, compact=False):
+    def __init__(self, transform=True, compact=False):
         super().__init__(compact)
-        if template is not None and template not in range(len(MATRIX_TEMPLATES)):
-            raise ValueError(f"matrix: template must be None or 0..{len(MATRIX_TEMPLATES) - 1}, got {template!r}")
-        self.transform, self.fixed_template = bool(transform), template
+        self.transform = bool(transform)
 
     def reset(self, seed):
         self._begin(seed)
         rng = self.rng
         game_id = rng.randrange(len(MATRIX_GAMES))
         self.game_name, A, B = MATRIX_GAMES[game_id]
-        A, B = np.array(A), np.array(B)
         # GIFT's code: flip signs with p=1/2 only for game ids < 7 (not GAME, not Weakly Dominated).
         self.negated = self.transform and game_id < MATRIX_NEGATE_BELOW_ID and rng.random() < MATRIX_NEGATE_PROB
-        if self.negated:
-            A, B = -A, -B
         # The offset moves every payoff by the same amount: equilibria stay, the numbers look new.
         self.offset = rng.choice(MATRIX_OFFSETS) if self.transform else 0
-        self.A, self.B = A + self.offset, B + self.offset
-        self.template = rng.randrange(len(MATRIX_TEMPLATES)) if self.fixed_template is None else self.fixed_template
+        sign = -1 if self.negated else 1
+        self.A, self.B = sign * np.array(A) + self.offset, sign * np.array(B) + self.offset
+        self.template = rng.randrange(len(MATRIX_TEMPLATES))
         self.role = rng.choice((1, 2))
-        # Computed on the transformed game, so a sign flip gets its own (correct) label.
-        self.target = matrix_target(self.A, self.B, self.role)
+        self.target = matrix_target(self.A, self.B, self.role)   # on the transformed game: a sign flip relabels
         return self._observation()
 
     def legal_actions(self):
         return [str(a + 1) for a in range(self.A.shape[self.role - 1])]
-
-    def random_action(self, rng):
-        return rng.choice(self.legal_actions())
 
     def render(self):
         if self.compact:   # "you:p1", then one line per row with cells "a,b"
             rows = [" ".join(f"{a},{b}" for a, b in zip(ra, rb)) for ra, rb in zip(self.A.tolist(), self.B.tolist())]
             return f"you:p{self.role}\n" + "\n".join(rows)
         side = "the row" if self.role == 1 else "the column"
-        return (f"You are Player {self.role} (you choose {side}).\n\n"
-                + MATRIX_TEMPLATES[self.template](self.A, self.B, self.role))
+        return f"You are Player {self.role} (you choose {side}).\n\n" + MATRIX_TEMPLATES[self.template](
+            self.A, self.B, self.role)
 
-    def _observation(self):
-        if self.compact:
-            return self.render()
-        actions = ", ".join(self.legal_actions())
+    def _prompt(self):
         # The example shows the format with a placeholder: a real action number would bias the choice.
-        return (f"{self.render()}\n\n{MATRIX_RULE}\nYour actions: {actions}. {FORMAT_RULE} "
-                "Write the action number only, as <answer>N</answer>.")
+        return (f"{self.render()}\n\n{MATRIX_RULE}\nYour actions: {', '.join(self.legal_actions())}. "
+                f"{FORMAT_RULE} Write the action number only, as <answer>N</answer>.")
 
     def step(self, response):
         answer, error = self._take_turn(response)
@@ -486,9 +387,8 @@ class MatrixEnv(TextEnv):
         if error:
             return self._invalid(error, answer, **extra)
         won = int(answer) == self.target
-        obs = self._final_text(f"You played {answer}; the equilibrium action is {self.target}.")
-        return self._result(obs, REWARD_SUCCESS if won else REWARD_FAILURE, True,
-                            "success" if won else "failure", answer, **extra)
+        return self._end(f"You played {answer}; the equilibrium action is {self.target}.",
+                         "success" if won else "failure", answer, REWARD_SUCCESS if won else REWARD_FAILURE, **extra)
 
 
 # -----------------------------------------------------------------------------
@@ -505,10 +405,7 @@ MOVE_RE = re.compile(r"(?<![0-9])([0-9]+)\s*(?:,\s*|\s)\s*([0-9]+)")
 
 def ttt_winner(board):
     """"x" or "o" if that mark has three in a line, else None."""
-    for a, b, c in TTT_LINES:
-        if board[a] != EMPTY and board[a] == board[b] == board[c]:
-            return board[a]
-    return None
+    return next((board[a] for a, b, c in TTT_LINES if board[a] != EMPTY and board[a] == board[b] == board[c]), None)
 
 
 def ttt_legal_moves(board):
@@ -542,10 +439,8 @@ def _negamax(board, to_move):
     winner = ttt_winner(board)
     if winner:
         return 1 if winner == to_move else -1
-    moves = ttt_legal_moves(board)
-    if not moves:
-        return 0
-    return max(-_negamax(_place(board, m, to_move), _other(to_move)) for m in moves)
+    moves = ttt_legal_moves(board)          # none left and no winner: a draw
+    return max((-_negamax(_place(board, m, to_move), _other(to_move)) for m in moves), default=0)
 
 
 def minimax_values(board, to_move):
@@ -570,20 +465,20 @@ def parse_ttt_move(answer):
 
 
 TTT_INTROS = (
-    "Tic-Tac-Toe on a 3x3 grid. Two players take turns putting their mark in an empty cell. The "
-    "first player with three marks in a line (a row, a column or a diagonal) wins. If the grid "
-    "fills up without such a line, the game is a draw.",
-    "Noughts and crosses: players alternate, each claiming one empty square per move. Three of "
-    "your marks in a straight line, across, down or corner to corner, win the game; a full board "
-    "with no line is a draw.",
+    "Tic-Tac-Toe on a 3x3 grid. Two players take turns putting their mark in an empty cell. The first player "
+    "with three marks in a line (a row, a column or a diagonal) wins. If the grid fills up without such a "
+    "line, the game is a draw.",
+    "Noughts and crosses: players alternate, each claiming one empty square per move. Three of your marks in a "
+    "straight line, across, down or corner to corner, win the game; a full board with no line is a draw.",
 )   # GIFT has 4 intros and redraws one every turn; we draw one per episode
-
-
-TTT_BOTS = ("random", "minimax")   # built-in opponents; any callable prompt -> reply is an opponent too
+# Built-in opponents; any callable prompt -> reply is an opponent too. (Research opponents -- greedy, noisy
+# minimax -- live in experiments/blocking.py.)
+TTT_BOTS = ("random", "minimax")
 
 
 class TicTacToeEnv(TextEnv):
-    """TicTacToe against a random, minimax or callable opponent. Answer "(row,col)", 1-indexed."""
+    """TicTacToe against a random, minimax or callable opponent. Answer "(row,col)", 1-indexed.
+    Options: opponent, opponent_tries (for a callable), random_start (GIFT's training starts), max_turns."""
     name = "tictactoe"
 
     def __init__(self, opponent="random", opponent_tries=TTT_OPPONENT_TRIES, random_start=False,
@@ -594,18 +489,15 @@ class TicTacToeEnv(TextEnv):
         self.opponent, self.opponent_tries = opponent, int(opponent_tries)
         self.random_start, self.max_turns = bool(random_start), int(max_turns)
 
-    # Start states (GIFT code, tictactoe/env.py):
-    #   - the learner moves first with p = 1/2;
-    #   - random_start (training): with p = 1/2 each side first places one random piece;
-    #   - if the opponent moves first, its opening is a random cell, in training and evaluation.
-    # The random opening also means a callable opponent is never asked during reset().
+    # Start states (GIFT code, tictactoe/env.py): the learner moves first with p = 1/2; with random_start
+    # (training), with p = 1/2 each side first places one random piece; if the opponent moves first, its
+    # opening is a random cell, in training and evaluation. So a callable opponent is never asked in reset().
     def reset(self, seed):
         self._begin(seed)
         rng = self.rng
         self.intro = rng.randrange(len(TTT_INTROS))
         learner_first = rng.random() < 0.5
-        self.mark = "x" if learner_first else "o"
-        self.opponent_mark = _other(self.mark)
+        self.mark, self.opponent_mark = ("x", "o") if learner_first else ("o", "x")
         self.board = (EMPTY,) * 9
         if self.random_start and rng.random() < 0.5:
             for mark in ("x", "o"):
@@ -622,18 +514,15 @@ class TicTacToeEnv(TextEnv):
     def legal_actions(self):
         return [ttt_move_str(k) for k in ttt_legal_moves(self.board)]
 
-    def random_action(self, rng):
-        return rng.choice(self.legal_actions())
-
     def render(self):
         return self._board_text(self.mark, self.compact)
 
     def _board_text(self, mark, compact):
         rows = ["".join(self.board[3 * r:3 * r + 3]) for r in range(3)]
-        # Compact: your mark, then three lines of x / o / . The board comes LAST so that every cell sits at
-        # a fixed distance from the answer: the tiny model learns legality by looking a fixed number of
-        # tokens back. (With a list of legal moves after the board, a 0.8M model had to find and copy a
-        # move from a list of varying length; it still played 35% illegal moves after 800 warm-start steps.)
+        # Compact: your mark, then three lines of x / o / . The board comes LAST so that every cell sits at a
+        # fixed distance from the answer: the tiny model learns legality by looking a fixed number of tokens
+        # back. (With a list of legal moves after the board, a 0.8M model had to find and copy a move from a
+        # list of varying length; it still played 35% illegal moves after 800 warm-start steps.)
         if compact:
             return f"you:{mark}\n" + "\n".join(rows)
         # Full text numbers rows and columns, so the model can read coordinates off the board.
@@ -641,31 +530,25 @@ class TicTacToeEnv(TextEnv):
         return (f"You play \"{mark}\", your opponent plays \"{_other(mark)}\".\n"
                 "Board (rows numbered on the left, columns on top):\n" + "\n".join(grid))
 
-    def _prompt(self, mark, for_opponent):
-        """The full prompt for whoever plays `mark`: the learner, or a callable opponent."""
-        # A callable opponent (an LLM) gets the same text from its own side, but is asked for the bare
-        # answer, as GIFT asks its Qwen3-14B opponent; the learner is asked to reason first.
-        legal = " ".join(self.legal_actions())
+    def _prompt(self, mark=None, for_opponent=False):
+        """The full prompt for whoever plays `mark`: the learner (default), or a callable opponent."""
+        # A callable opponent (an LLM) gets the same text from its own side, but is asked for the bare answer,
+        # as GIFT asks its Qwen3-14B opponent; the learner is asked to reason first.
+        mark = mark or self.mark
         ending = (f"Turns left: {self.max_turns - self.turn}. {FORMAT_RULE}" if not for_opponent
                   else "Reply with only your move inside <answer> </answer> and no other text.")
-        return (f"{TTT_INTROS[self.intro]}\n\n{self._board_text(mark, compact=False)}\n\nLegal moves: {legal}\n"
-                f"Give your move as <answer>(row,col)</answer>, row and column from 1 to 3. {ending}")
-
-    def _observation(self):
-        if self.compact:
-            return self.render()
-        return self._prompt(self.mark, for_opponent=False)
+        return (f"{TTT_INTROS[self.intro]}\n\n{self._board_text(mark, compact=False)}\n\nLegal moves: "
+                f"{' '.join(self.legal_actions())}\nGive your move as <answer>(row,col)</answer>, row and "
+                f"column from 1 to 3. {ending}")
 
     def _opponent_move(self):
         """A cell for the opponent, or None if a callable opponent failed every try."""
         moves = ttt_legal_moves(self.board)
         if self.opponent == "random":
             return self.rng.choice(moves)
-        if self.opponent == "minimax":
-            # Perfect, and random among equally good moves so games differ between seeds.
+        if self.opponent == "minimax":        # perfect, and random among equally good moves: games differ
             values = minimax_values(self.board, self.opponent_mark)
-            best = max(values.values())
-            return self.rng.choice([m for m in moves if values[m] == best])
+            return self.rng.choice([m for m in moves if values[m] == max(values.values())])
         for _ in range(self.opponent_tries):
             cell = parse_ttt_move(parse_answer(self.opponent(self._prompt(self.opponent_mark, for_opponent=True))))
             if cell in moves:
@@ -679,7 +562,7 @@ class TicTacToeEnv(TextEnv):
             return None
         outcome, reward = (("draw", REWARD_DRAW) if winner is None else
                            ("win", REWARD_SUCCESS) if winner == self.mark else ("loss", REWARD_FAILURE))
-        return self._result(self._final_text(f"Game over: {outcome}."), reward, True, outcome, answer, **extra)
+        return self._end(f"Game over: {outcome}.", outcome, answer, reward, **extra)
 
     # One learner turn is: the learner's move, then (if the game goes on) the opponent's reply.
     # Rewards come only at the end of the game; in between every step pays 0 (GIFT App. B.3).
@@ -698,19 +581,17 @@ class TicTacToeEnv(TextEnv):
         if over:
             return over
         reply = self._opponent_move()
-        if reply is None:
-            # GIFT: an opponent with no legal move after its tries ends the game, reward 0, no success.
-            return self._result(self._final_text("The opponent failed to give a legal move."),
-                                REWARD_FAILURE, True, "opponent_error", answer, board="".join(self.board), **extra)
+        if reply is None:   # GIFT: an opponent with no legal move after its tries ends the game, reward 0
+            return self._end("The opponent failed to give a legal move.", "opponent_error", answer,
+                             board="".join(self.board), **extra)
         self.board = _place(self.board, reply, self.opponent_mark)
-        extra["opponent_action"] = ttt_move_str(reply)
-        extra["board"] = "".join(self.board)
+        extra.update(opponent_action=ttt_move_str(reply), board="".join(self.board))
         over = self._game_over(answer, extra)
         if over:
             return over
         # Only reachable after invalid answers (or max_turns < 5): 5 legal moves always finish a game.
         if self.turn >= self.max_turns:
-            return self._result(self._final_text("Out of turns."), REWARD_FAILURE, True, "truncated", answer, **extra)
+            return self._end("Out of turns.", "truncated", answer, **extra)
         obs = self._observation() if self.compact else \
             f"Your opponent played {extra['opponent_action']}.\n\n" + self._observation()
         return self._result(obs, 0.0, True, "ongoing", answer, **extra)
@@ -719,50 +600,37 @@ class TicTacToeEnv(TextEnv):
 # -----------------------------------------------------------------------------
 # 5. Who's the Spy (GIFT App. A.3): 4 players, 1 spy, 2 description rounds, 1 vote
 #
-# Three civilians share a word; the spy has a related one. Nobody is told their role. Players
-# describe their word in seat order for two rounds, then all vote at once; the most-voted player is
-# out (ties at random). Civilians win iff the spy is out. The learner wins iff its side wins.
+# Three civilians share a word; the spy has a related one. Nobody is told their role. Players describe
+# their word in seat order for two rounds, then all vote at once; the most-voted player is out (ties at
+# random). Civilians win iff the spy is out. The learner wins iff its side wins.
 #
-# GIFT's opponents are Qwen3-14B. Our built-in bots need no LLM: each word has a list of honest
-# clue words (data/spy_words.json). A bot
+# GIFT's opponents are Qwen3-14B. Our built-in bots need no LLM: each word has a list of honest clue words
+# (data/spy_words.json). A bot
 #   - describes with one of its clues that nobody has said yet (any of its clues if none is left);
 #   - votes for the other player whose words fit its OWN word least:
 #         fit(p) = number of words p said that are in clues(own word) + {own word}
-#     ties at random. The spy bot uses the same rule, which makes it vote for a civilian whose
-#     clues differ from its word, a reasonable way to blend in.
+#     ties at random. The spy bot uses the same rule, which makes it vote for a civilian whose clues differ
+#     from its word, a reasonable way to blend in.
 WORD_RE = re.compile(r"[a-z]+")
 SPY_INTROS = (
-    "Game: Who's the Spy, 4 players. Every player has a secret word. Three players share the same "
-    "word; one player, the spy, has a different but related word. Nobody is told whether they are "
-    "the spy. In each of 2 rounds, every player in turn describes their own word in a few words "
-    "without saying it. Then everyone votes at the same time for one other player, and the player "
-    "with the most votes is out (a tie is broken at random). If the spy is voted out, the other "
-    "three win; otherwise the spy wins.",
-    "Who's the Spy: four players each got a secret word. Three of the words are the same and one "
-    "is a related word held by the spy, but no one knows which one they got. Players take turns "
-    "giving short descriptions of their word, never the word itself, for two rounds, then all vote "
-    "at once to send one other player out, with ties settled by chance. The spy's opponents win "
-    "if the spy is sent out; if anyone else is sent out, the spy wins.",
+    "Game: Who's the Spy, 4 players. Every player has a secret word. Three players share the same word; one "
+    "player, the spy, has a different but related word. Nobody is told whether they are the spy. In each of 2 "
+    "rounds, every player in turn describes their own word in a few words without saying it. Then everyone "
+    "votes at the same time for one other player, and the player with the most votes is out (a tie is broken "
+    "at random). If the spy is voted out, the other three win; otherwise the spy wins.",
+    "Who's the Spy: four players each got a secret word. Three of the words are the same and one is a related "
+    "word held by the spy, but no one knows which one they got. Players take turns giving short descriptions "
+    "of their word, never the word itself, for two rounds, then all vote at once to send one other player "
+    "out, with ties settled by chance. The spy's opponents win if the spy is sent out; if anyone else is "
+    "sent out, the spy wins.",
 )   # GIFT has 4 rule texts redrawn every turn; we draw one per episode
 
 
-def load_spy_words(path=None):
-    """(pairs, clues). Our file: {"pairs": [[spy, civilian], ...], "clues": {word: [...]}}.
-    An external file may be a bare list [[spy_word, civilian_word], ...]; then clues is None."""
-    path = path or SPY_WORDS_FILE
+def load_spy_words(path=SPY_WORDS_FILE):
+    """(pairs, clues): [[spy_word, civilian_word], ...] and {word: [clue, ...]}, checked by tests/test_games.py."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    pairs, clues = (data.get("pairs"), data.get("clues")) if isinstance(data, dict) else (data, None)
-    if not isinstance(pairs, list) or not pairs:
-        raise ValueError(f"{path}: expected a non-empty list of [spy_word, civilian_word] pairs")
-    for k, pair in enumerate(pairs):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) and w.strip() for w in pair)):
-            raise ValueError(f"{path}: pair {k} must be [spy_word, civilian_word] of two non-empty strings, got {pair!r}")
-    if clues is not None:
-        missing = sorted({w for pair in pairs for w in pair} - set(clues))
-        if missing:
-            raise ValueError(f"{path}: no clue list for {missing[:5]}")
-    return pairs, clues
+    return data["pairs"], data["clues"]
 
 
 def says_word(text, word):
@@ -770,40 +638,32 @@ def says_word(text, word):
     return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
 
 
-# The first "Player N" counts ("Player 3, because Player 2 was vague" votes 3); a bare "3" counts
-# only if no "Player N" appears. A vote for yourself or a missing seat is a format error.
+# The first "Player N" counts ("Player 3, because Player 2 was vague" votes 3); a bare "3" counts only if no
+# "Player N" appears. A vote for yourself or a missing seat is a format error.
 def parse_vote(answer, voter, players):
     """The seat voted for ("Player 3", "player 3" or a bare "3"); None unless it is another player."""
     found = (re.search(r"player\s*([0-9]+)", answer or "", re.IGNORECASE)
              or re.search(r"(?<![0-9])([0-9]{1,3})(?![0-9])", answer or ""))
-    if not found:
-        return None
-    seat = int(found.group(1)[:3])
+    seat = int(found.group(1)[:3]) if found else None
     return seat if seat in players and seat != voter else None
 
 
 def spy_eliminate(votes, rng):
     """The seat with most votes, ties broken with rng. votes: {voter: seat voted for}."""
-    counts = {}
-    for seat in votes.values():
-        counts[seat] = counts.get(seat, 0) + 1
-    top = max(counts.values())
-    return rng.choice(sorted(seat for seat, c in counts.items() if c == top))
+    counts = {seat: list(votes.values()).count(seat) for seat in votes.values()}
+    return rng.choice(sorted(seat for seat, c in counts.items() if c == max(counts.values())))
 
 
 class SpyEnv(TextEnv):
-    """Who's the Spy from the learner's seat. Answers: a short description, then "Player k"."""
+    """Who's the Spy from the learner's seat. Answers: a short description, then "Player k". Options:
+    opponent (None: the clue bots; a callable plays every other seat), opponent_tries, max_turns."""
     name = "spy"
 
-    def __init__(self, words_file=None, opponent=None, opponent_tries=SPY_OPPONENT_TRIES,
-                 max_turns=SPY_MAX_TURNS, compact=False):
+    def __init__(self, opponent=None, opponent_tries=SPY_OPPONENT_TRIES, max_turns=SPY_MAX_TURNS, compact=False):
         super().__init__(compact)
-        self.pairs, self.clues = load_spy_words(words_file)
+        self.pairs, self.clues = load_spy_words()
         if opponent is not None and not callable(opponent):
             raise ValueError(f"spy: opponent must be None (built-in bots) or a callable, got {opponent!r}")
-        if self.clues is None and opponent is None:
-            raise ValueError(f"spy: {words_file} has word pairs but no clue lists, so the built-in bots "
-                             "cannot describe or vote; pass opponent=callable (for example an OpenAIChatOpponent)")
         self.opponent, self.opponent_tries, self.max_turns = opponent, int(opponent_tries), int(max_turns)
         self.players = list(range(1, SPY_PLAYERS + 1))
 
@@ -815,8 +675,7 @@ class SpyEnv(TextEnv):
         self.learner_seat, self.spy_seat = rng.choice(self.players), rng.choice(self.players)
         self.words = {p: spy_word if p == self.spy_seat else civilian_word for p in self.players}
         self.intro = rng.randrange(len(SPY_INTROS))
-        self.descriptions = []                        # (round, seat, text) in speaking order
-        self.votes = {}
+        self.descriptions, self.votes = [], {}        # descriptions: (round, seat, text) in speaking order
         self.speaking_order = [(r, p) for r in range(1, SPY_ROUNDS + 1) for p in self.players]
         self.next_slot = 0
         # Bots seated before the learner speak now. A callable that fails here ends the episode at the
@@ -829,22 +688,17 @@ class SpyEnv(TextEnv):
         return "describe" if self.next_slot < len(self.speaking_order) else "vote"
 
     # --- what the other players do ----------------------------------------------------------
-    def _used_words(self):
-        return {w for _, _, text in self.descriptions for w in WORD_RE.findall(text.lower())}
-
     def _bot_describe(self, seat, rng):
         # A fresh clue each time, as the rules ask for something new; repeats only when all are used.
+        used = {w for _, _, text in self.descriptions for w in WORD_RE.findall(text.lower())}
         clues = self.clues[self.words[seat]]
-        fresh = [c for c in clues if c not in self._used_words()]
-        return rng.choice(fresh or clues)
+        return rng.choice([c for c in clues if c not in used] or clues)
 
     def _bot_vote(self, seat):
-        own = self.words[seat].lower()
-        fits = set(self.clues[self.words[seat]]) | {own}
-        fit = {p: sum(w in fits for r, s, text in self.descriptions if s == p for w in WORD_RE.findall(text.lower()))
+        fits = set(self.clues[self.words[seat]]) | {self.words[seat].lower()}
+        fit = {p: sum(w in fits for _, s, text in self.descriptions if s == p for w in WORD_RE.findall(text.lower()))
                for p in self.players if p != seat}
-        lowest = min(fit.values())
-        return self.rng.choice([p for p in sorted(fit) if fit[p] == lowest])
+        return self.rng.choice([p for p in sorted(fit) if fit[p] == min(fit.values())])
 
     def _ask_opponent(self, seat):
         """A description (str) or vote (int) from a callable opponent; None after its tries fail.
@@ -879,11 +733,7 @@ class SpyEnv(TextEnv):
         return [f"Player {p}" for p in self.players if p != self.learner_seat]
 
     def random_action(self, rng):
-        if self.phase == "vote":
-            return rng.choice(self.legal_actions())
-        if self.clues is None:   # external word list: no clues, so a neutral word that never gives anything away
-            return rng.choice([w for w in ("familiar", "common", "everyday") if not says_word(w, self.words[self.learner_seat])])
-        return self._bot_describe(self.learner_seat, rng)
+        return rng.choice(self.legal_actions()) if self.phase == "vote" else self._bot_describe(self.learner_seat, rng)
 
     def render(self):
         return self._view(self.learner_seat, self.compact)
@@ -897,11 +747,11 @@ class SpyEnv(TextEnv):
                             for p in self.players)
         return f"You are Player {seat}. Your secret word is \"{self.words[seat]}\".\n\nDescriptions so far:\n{history}"
 
-    def _prompt(self, seat, for_opponent):
+    def _prompt(self, seat=None, for_opponent=False):
+        seat = seat or self.learner_seat
         if self.phase == "describe":
-            round_ = self.speaking_order[self.next_slot][0]
-            task = (f"Your task now: describe your word in a few words (round {round_} of {SPY_ROUNDS}). "
-                    "Do not say the word itself, and say something new.")
+            task = (f"Your task now: describe your word in a few words (round {self.speaking_order[self.next_slot][0]} "
+                    f"of {SPY_ROUNDS}). Do not say the word itself, and say something new.")
             example = "a short description"
         else:
             choices = ", ".join(f"Player {p}" for p in self.players if p != seat)
@@ -909,21 +759,18 @@ class SpyEnv(TextEnv):
             example = "Player N"                      # a placeholder, so no seat is suggested
         ending = (f"Turns left: {self.max_turns - self.turn}. {FORMAT_RULE}" if not for_opponent
                   else "Reply with only your answer inside <answer> </answer> and no other text.")
-        return f"{SPY_INTROS[self.intro]}\n\n{self._view(seat, compact=False)}\n\n{task}\nFor example <answer>{example}</answer>. {ending}"
-
-    def _observation(self):
-        return self.render() if self.compact else self._prompt(self.learner_seat, for_opponent=False)
+        return (f"{SPY_INTROS[self.intro]}\n\n{self._view(seat, compact=False)}\n\n{task}\n"
+                f"For example <answer>{example}</answer>. {ending}")
 
     def _info_extra(self):
         return {"phase": self.phase, "learner_seat": self.learner_seat, "spy_seat": self.spy_seat,
                 "role": "spy" if self.learner_seat == self.spy_seat else "civilian"}
 
-    # One learner turn is a description (then the others speak up to the learner's next slot) or, in
-    # the end, the vote (then everyone else votes and the game is decided).
+    # One learner turn is a description (then the others speak up to the learner's next slot) or, in the
+    # end, the vote (then everyone else votes and the game is decided).
     def step(self, response):
         answer, error = self._take_turn(response)
-        extra = self._info_extra()
-        vote = None
+        extra, vote = self._info_extra(), None
         if error is None and self.phase == "describe" and says_word(answer, self.words[self.learner_seat]):
             error = "the description contains your secret word"
         if error is None and self.phase == "vote":
@@ -931,21 +778,18 @@ class SpyEnv(TextEnv):
             if vote is None:
                 error = f"{answer!r} is not a vote for another player (1-{SPY_PLAYERS}, not yourself)"
         if self.broken:                                    # an opponent already failed during reset()
-            return self._result(self._final_text("An opponent failed to answer; the game is void."),
-                                REWARD_FAILURE, error is None, "opponent_error", answer, **extra)
+            return self._end("An opponent failed to answer; the game is void.", "opponent_error", answer,
+                             valid=error is None, **extra)
         if error:
             return self._invalid(error, answer, **extra)
         if vote is None:                                   # a valid description
-            round_ = self.speaking_order[self.next_slot][0]
-            self.descriptions.append((round_, self.learner_seat, answer))
+            self.descriptions.append((self.speaking_order[self.next_slot][0], self.learner_seat, answer))
             self.next_slot += 1
             if not self._others_speak():
-                return self._result(self._final_text("An opponent failed to answer; the game is void."),
-                                    REWARD_FAILURE, True, "opponent_error", answer, **extra)
+                return self._end("An opponent failed to answer; the game is void.", "opponent_error", answer, **extra)
             # With the default 3 turns, one invalid answer leaves no turn for the vote: truncated.
             if self.turn >= self.max_turns:
-                return self._result(self._final_text("Out of turns."), REWARD_FAILURE, True, "truncated",
-                                    answer, **self._info_extra())
+                return self._end("Out of turns.", "truncated", answer, **self._info_extra())
             return self._result(self._observation(), 0.0, True, "ongoing", answer, **self._info_extra())
         # The vote: the others decide from the descriptions alone, so votes are simultaneous.
         self.votes = {self.learner_seat: vote}
@@ -953,24 +797,22 @@ class SpyEnv(TextEnv):
             if seat != self.learner_seat:
                 self.votes[seat] = self._bot_vote(seat) if self.opponent is None else self._ask_opponent(seat)
                 if self.votes[seat] is None:
-                    return self._result(self._final_text("An opponent failed to vote; the game is void."),
-                                        REWARD_FAILURE, True, "opponent_error", answer, **extra)
+                    return self._end("An opponent failed to vote; the game is void.", "opponent_error", answer, **extra)
         self.eliminated = spy_eliminate(self.votes, self.rng)
         # A single vote ends the game (GIFT code): the civilians win iff the spy is out.
         civilians_win = self.eliminated == self.spy_seat
         won = civilians_win != (self.learner_seat == self.spy_seat)
-        headline = (f"Votes: {self.votes}. Player {self.eliminated} is out. Player {self.spy_seat} was the spy "
-                    f"(\"{self.words[self.spy_seat]}\"); the {'civilians' if civilians_win else 'spy'} win.")
-        return self._result(self._final_text(headline), REWARD_SUCCESS if won else REWARD_FAILURE, True,
-                            "win" if won else "loss", answer, votes=dict(self.votes),
-                            eliminated=self.eliminated, **extra)
+        return self._end(f"Votes: {self.votes}. Player {self.eliminated} is out. Player {self.spy_seat} was the spy "
+                         f"(\"{self.words[self.spy_seat]}\"); the {'civilians' if civilians_win else 'spy'} win.",
+                         "win" if won else "loss", answer, REWARD_SUCCESS if won else REWARD_FAILURE,
+                         votes=dict(self.votes), eliminated=self.eliminated, **extra)
 
 
 # -----------------------------------------------------------------------------
 # 6. Arithmetic: the formal task, standing in for MATH (GIFT §4.1.1)
 #
-# GIFT's formal task is MATH level 3-5, checked by math_verify. A tiny model cannot touch that, so
-# "arith" gives seeded integer word problems with a known step-by-step solution:
+# GIFT's formal task is MATH level 3-5, checked by math_verify. A tiny model cannot touch that, so "arith"
+# gives seeded integer word problems with a known step-by-step solution:
 #
 #     start, then `steps` operations applied left to right:  ((7 + 5) * 2) - 3 = 21
 #
@@ -978,9 +820,9 @@ class SpyEnv(TextEnv):
 # split="ood":   held-out wordings and nouns, exact division (never in train, once per problem),
 #                steps + 2 operations, and a start above max_operand (up to 5x). Different in kind.
 #
-# Each problem also carries a wrong solution with ONE realistic slip (for contrastive or
-# error-weighted losses): later steps are done right from the slipped value, so the chain reads as
-# valid after the slip, and its final answer differs from the true one.
+# Each problem also carries a wrong solution with ONE realistic slip (for contrastive or error-weighted
+# losses, glow_sft.py): later steps are done right from the slipped value, so the chain reads as valid after
+# the slip, and its final answer differs from the true one.
 ARITH_TEXT = {
     "train": {
         "who": ("Sam", "Mia", "Leo", "Ana", "Ben", "Zoe"),
@@ -1008,27 +850,25 @@ ARITH_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": opera
 
 def _apply(a, op, n):
     """a op n, or None when a division would not come out exact."""
-    if op == "/" and (n == 0 or a % n):
-        return None
-    return ARITH_OPS[op](a, n)
+    return None if op == "/" and (n == 0 or a % n) else ARITH_OPS[op](a, n)
 
 
-def _chain(start, ops):
-    """[(op, n, result)] for the correct left-to-right computation."""
-    chain, value = [], start
+def _chain(value, ops):
+    """[(op, n, result)] of the left-to-right computation from value; None once a division is not exact."""
+    chain = []
     for op, n in ops:
         value = _apply(value, op, n)
+        if value is None:
+            return None
         chain.append((op, n, value))
     return chain
 
 
 def _solution_text(start, chain):
     """ "Step k: a op n = r" lines, each a starting from the previous r, then the answer line."""
-    lines, value = [], start
-    for k, (op, n, result) in enumerate(chain, 1):
-        lines.append(f"Step {k}: {value} {op} {n} = {result}")
-        value = result
-    return "\n".join(lines + [format_answer(str(value))]), value
+    values = [start] + [result for _, _, result in chain]
+    lines = [f"Step {k}: {values[k - 1]} {op} {n} = {result}" for k, (op, n, result) in enumerate(chain, 1)]
+    return "\n".join(lines + [format_answer(str(values[-1]))]), values[-1]
 
 
 # The slips a person really makes, one per wrong solution:
@@ -1057,13 +897,9 @@ def _slips(start, ops):
         options += [("operand", op, m, _apply(before, op, m)) for m in pool
                     if m != n and _apply(before, op, m) is not None]
         for kind, shown_op, shown_n, slipped in options:
-            chain, value = right[:s] + [(shown_op, shown_n, slipped)], slipped
-            for op2, n2 in ops[s + 1:]:
-                value = _apply(value, op2, n2)
-                if value is None:                      # a later division no longer comes out exact
-                    break
-                chain.append((op2, n2, value))
-            if value is not None and value != right[-1][2]:
+            rest = _chain(slipped, ops[s + 1:])           # None if a later division no longer comes out exact
+            chain = None if rest is None else right[:s] + [(shown_op, shown_n, slipped)] + rest
+            if chain and chain[-1][2] != right[-1][2]:
                 candidates.append((kind, s, chain))
     return candidates
 
@@ -1076,8 +912,7 @@ def make_arith_problem(rng, steps=2, max_operand=20, split="train"):
         raise ValueError(f"arith: split must be 'train' or 'ood', got {split!r}")
     if steps < 1 or max_operand < 2:
         raise ValueError(f"arith: need steps >= 1 and max_operand >= 2, got steps={steps}, max_operand={max_operand}")
-    ood = split == "ood"
-    text = ARITH_TEXT[split]
+    ood, text = split == "ood", ARITH_TEXT[split]
     steps = steps + ARITH_OOD_EXTRA_STEPS if ood else steps
     high = max_operand * ARITH_OOD_SCALE if ood else max_operand
     # Draw the numbers; an ood problem whose division step finds no exact divisor is drawn again.
@@ -1116,7 +951,6 @@ def make_arith_problem(rng, steps=2, max_operand=20, split="train"):
     # Never empty: an off-by-one in the last step always changes the final answer.
     kind, slip_step, wrong_chain = rng.choice(_slips(start, ops))
     wrong_solution, wrong_answer = _solution_text(start, wrong_chain)
-    assert wrong_answer != answer
     return {"question": " ".join(sentences), "answer": answer, "solution": solution,
             "wrong_solution": wrong_solution, "wrong_answer": wrong_answer, "split": split,
             "expression": expression + "=?", "slip": f"{kind} at step {slip_step + 1}"}
@@ -1134,20 +968,14 @@ def parse_number(text):
     """A fractions.Fraction for a plain number, fraction or \\boxed{number}; None otherwise."""
     text = text.strip().strip("$").strip()
     boxed = BOXED_RE.fullmatch(text)
-    if boxed:
-        text = boxed.group(1).strip()
+    text = boxed.group(1).strip() if boxed else text
     if NUMBER_RE.fullmatch(text):
         return fractions.Fraction(text.replace(",", ""))
     frac = FRACTION_RE.fullmatch(text)
-    if frac:
-        top, bottom = (frac.group(1), frac.group(2)) if frac.group(1) else (frac.group(3), frac.group(4))
-        return fractions.Fraction(int(top), int(bottom)) if int(bottom) else None
-    return None
-
-
-def _normalise(text):
-    # Runs of whitespace become one space; removing them would make "1 2" equal "12".
-    return re.sub(r"\s+", " ", text.strip().strip("$").rstrip(".").strip()).lower()
+    if not frac:
+        return None
+    top, bottom = (frac.group(1), frac.group(2)) if frac.group(1) else (frac.group(3), frac.group(4))
+    return fractions.Fraction(int(top), int(bottom)) if int(bottom) else None
 
 
 def check_answer(response_or_answer, gold):
@@ -1162,35 +990,51 @@ def check_answer(response_or_answer, gold):
     got, want = parse_number(answer), fractions.Fraction(gold) if numeric_gold else parse_number(str(gold))
     if got is not None and want is not None:
         return got == want or abs(float(got - want)) <= CHECK_TOL * max(1.0, abs(float(want)))
-    return _normalise(answer) == _normalise(str(gold))
+    # Runs of whitespace become one space; removing them would make "1 2" equal "12".
+    answer, gold = (re.sub(r"\s+", " ", s.strip().strip("$").rstrip(".").strip()).lower() for s in (answer, str(gold)))
+    return answer == gold
 
 
-def _math_prompt(question, compact):
-    if compact:
-        return question
-    return (f"Solve the problem.\n\n{question}\n\n{FORMAT_RULE} "
-            "Put only the final answer inside the answer tags, as <answer>...</answer>.")
+# 6b. The single-answer envs share one step(): the answer is checked against self.problem["answer"]. Arith
+# answers must be numbers: a non-number is a format error (-0.1), a wrong number a plain failure (0).
+# math_jsonl answers may be words or formulas, so there any non-empty answer is valid.
+class ProblemEnv(TextEnv):
+    """One problem, one answer. Subclasses draw it (_new_problem), render it and say if only numbers count."""
+    numbers_only = False
+
+    def reset(self, seed):
+        self._begin(seed)
+        self.problem = self._new_problem()
+        return self._observation()
+
+    def _prompt(self):
+        return (f"Solve the problem.\n\n{self.render()}\n\n{FORMAT_RULE} "
+                "Put only the final answer inside the answer tags, as <answer>...</answer>.")
+
+    def step(self, response):
+        answer, error = self._take_turn(response)
+        gold = self.problem["answer"]
+        if error is None and self.numbers_only and parse_number(answer) is None:
+            error = f"{answer!r} is not a number"
+        if error:
+            return self._invalid(error, answer, target=str(gold))
+        right = check_answer(answer, gold)
+        return self._end(f"The answer is {gold}.", "success" if right else "failure", answer,
+                         REWARD_SUCCESS if right else REWARD_FAILURE, target=str(gold))
 
 
-# Arith answers must be numbers: a non-number is a format error (-0.1), a wrong number a plain failure
-# (0). math_jsonl answers may be words or formulas, so there any non-empty answer is valid.
-class ArithEnv(TextEnv):
-    """One arithmetic word problem; answer with the number. Non-numbers are invalid (-0.1)."""
+class ArithEnv(ProblemEnv):
+    """One arithmetic word problem; answer with the number. Options: steps, max_operand, split ("train"|"ood")."""
     name = "arith"
-    max_turns = 1
+    numbers_only = True
 
     def __init__(self, steps=2, max_operand=20, split="train", compact=False):
         super().__init__(compact)
         make_arith_problem(random.Random(0), steps, max_operand, split)     # fail now on bad options
         self.steps, self.max_operand, self.split = steps, max_operand, split
 
-    def reset(self, seed):
-        self._begin(seed)
-        self.problem = make_arith_problem(self.rng, self.steps, self.max_operand, self.split)
-        return self._observation()
-
-    def legal_actions(self):
-        raise NotImplementedError("arith: any integer is a legal answer; use random_action()")
+    def _new_problem(self):
+        return make_arith_problem(self.rng, self.steps, self.max_operand, self.split)
 
     def random_action(self, rng):
         # An integer in the range the problem lives in: the right format, rarely the right value.
@@ -1198,16 +1042,6 @@ class ArithEnv(TextEnv):
 
     def render(self):
         return self.problem["expression"] if self.compact else self.problem["question"]
-
-    def _observation(self):
-        return _math_prompt(self.render(), self.compact)
-
-    def step(self, response):
-        answer, error = self._take_turn(response)
-        extra = {"target": str(self.problem["answer"])}
-        if error is None and parse_number(answer) is None:
-            error = f"{answer!r} is not a number"
-        return self._grade(answer, error, self.problem["answer"], extra)
 
 
 def parse_jsonl_line(line, where):
@@ -1233,10 +1067,9 @@ def jsonl_objects(path):
                 yield number, row
 
 
-class MathJsonlEnv(TextEnv):
-    """Problems from a file of {"question": ..., "answer": ...} lines. Any answer text is valid."""
+class MathJsonlEnv(ProblemEnv):
+    """Problems from a file (option path) of {"question": ..., "answer": ...} lines. Any answer text is valid."""
     name = "math_jsonl"
-    max_turns = 1
 
     def __init__(self, path, compact=False):
         super().__init__(compact)
@@ -1250,13 +1083,8 @@ class MathJsonlEnv(TextEnv):
         if not self.problems:
             raise ValueError(f"{path}: no problems in the file")
 
-    def reset(self, seed):
-        self._begin(seed)
-        self.problem = self.rng.choice(self.problems)
-        return self._observation()
-
-    def legal_actions(self):
-        raise NotImplementedError("math_jsonl: answers are free text")
+    def _new_problem(self):
+        return self.rng.choice(self.problems)
 
     def random_action(self, rng):
         return str(rng.randint(0, 100))
@@ -1264,21 +1092,13 @@ class MathJsonlEnv(TextEnv):
     def render(self):
         return self.problem["question"]
 
-    def _observation(self):
-        return _math_prompt(self.render(), self.compact)
-
-    def step(self, response):
-        answer, error = self._take_turn(response)
-        extra = {"target": str(self.problem["answer"])}
-        return self._grade(answer, error, self.problem["answer"], extra)
-
 
 # -----------------------------------------------------------------------------
 # 7. An LLM opponent over HTTP (GIFT App. A.2-A.3: Qwen3-14B behind vLLM's OpenAI API)
 #
-# Any OpenAI-compatible server works (vLLM, llama.cpp, ...). Standard library only. As in GIFT's
-# code: a timeout per call, retries with exponential backoff, and "" after the last failure, which
-# the env counts as a failed opponent try (outcome "opponent_error" once the tries are spent).
+# Any OpenAI-compatible server works (vLLM, llama.cpp, ...). Standard library only. As in GIFT's code: a
+# timeout per call, retries with exponential backoff, and "" after the last failure, which the env counts
+# as a failed opponent try (outcome "opponent_error" once the tries are spent).
 class OpenAIChatOpponent:
     """opponent(prompt) -> reply text, or "" if the server never answered (see .last_error)."""
 
@@ -1302,9 +1122,9 @@ class OpenAIChatOpponent:
                 self.last_error = f"HTTP {e.code} from {self.url}"
                 if e.code < 500:
                     return ""                                 # our request is wrong: retrying will not help
-            except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:   # socket.timeout is TimeoutError
                 self.last_error = f"{type(e).__name__}: {e}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
+            except (ValueError, KeyError, IndexError, TypeError) as e:            # not the JSON of a chat reply
                 self.last_error = f"malformed reply from {self.url}: {e!r}"
             if attempt + 1 < self.retries:                     # a busy server gets time to recover
                 time.sleep(self.backoff_s * 2 ** attempt)
@@ -1313,13 +1133,13 @@ class OpenAIChatOpponent:
 
 # -----------------------------------------------------------------------------
 # 8. make_env: one entry point for every script
-ENV_CLASSES = {"matrix": MatrixEnv, "tictactoe": TicTacToeEnv, "spy": SpyEnv,
-               "arith": ArithEnv, "math_jsonl": MathJsonlEnv}
+ENV_CLASSES = {"matrix": MatrixEnv, "tictactoe": TicTacToeEnv, "spy": SpyEnv, "arith": ArithEnv,
+               "math_jsonl": MathJsonlEnv}
 ENV_NAMES = tuple(ENV_CLASSES)
 
 
-# A typo such as make_env("tictactoe", oponent="minimax") must not silently play the default opponent,
-# so every option is checked against the class signature before anything is built.
+# A typo such as make_env("tictactoe", oponent="minimax") must not silently play the default opponent, so
+# every option is checked against the class signature before anything is built.
 def make_env(name, **options):
     """make_env("tictactoe", opponent="minimax", compact=True). Unknown names and options fail loudly."""
     if name not in ENV_CLASSES:
@@ -1332,68 +1152,36 @@ def make_env(name, **options):
 
 
 # -----------------------------------------------------------------------------
-# 9. Command line: a demo, and playing by hand
-# The demo's learner is a random legal bot (the warm-start policy); in arith it "answers" with the
-# worked solution, which shows that a whole solution text is a valid reply: its last line is the answer.
-def _demo():
-    rng = random.Random(0)
-    for name, options in (("matrix", {}), ("tictactoe", {"opponent": "minimax"}), ("spy", {}), ("arith", {})):
-        env = make_env(name, **options)
-        obs, done, total = env.reset(seed=1), False, 0.0
+# 9. Command line: a demo and playing by hand. The demo's learner is a random legal bot (the warm-start policy);
+# in arith it answers with the worked solution: a whole solution is a valid reply, as it ends with its answer.
+# In play a person types just the answer ("2,3", "Player 2", "12") and we add the tags; Ctrl-D stops.
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The GIFT games as text environments (see the top of games.py).")
+    parser.add_argument("command", choices=("demo", "play"), help="demo: one bot-vs-bot episode of each game")
+    parser.add_argument("game", nargs="?", default="tictactoe", choices=("tictactoe", "spy", "matrix", "arith"))
+    parser.add_argument("--seed", type=int, default=1, help="the episode seed")
+    parser.add_argument("--opponent", choices=TTT_BOTS, default="minimax", help="tictactoe's opponent")
+    args = parser.parse_args(argv)
+    play, rng = args.command == "play", random.Random(0)
+    for name in [args.game] if play else ["matrix", "tictactoe", "spy", "arith"]:
+        options = {"opponent": args.opponent} if name == "tictactoe" else {}
         print(f"\n{'=' * 30} {name} {options or ''} (compact view below) {'=' * 30}")
-        print(make_env(name, compact=True, **options).reset(seed=1))
+        print(make_env(name, compact=True, **options).reset(args.seed))
+        env = make_env(name, **options)
+        obs, done, total = env.reset(args.seed), False, 0.0
         while not done:
             print("\n--- observation ---\n" + obs)
-            # The learner here is a random bot, except in arith where the worked solution answers.
-            response = env.problem["solution"] if name == "arith" else \
-                format_answer(env.random_action(rng), think="a random legal move")
+            response = (format_answer(input("\nyour answer> ").strip()) if play else
+                        env.problem["solution"] if name == "arith" else
+                        format_answer(env.random_action(rng), think="a random legal move"))
             obs, reward, done, info = env.step(response)
             total += reward
             print(f"--- answer --- {response!r}\n    reward {reward:+.1f}  outcome {info['outcome']}")
         print("--- final ---\n" + obs + f"\nreturn {total:+.1f}")
 
 
-def _play(game, seed, opponent, compact):
-    options = {"compact": compact}
-    if game == "tictactoe":
-        options["opponent"] = opponent
-    env = make_env(game, **options)
-    obs, done, total = env.reset(seed), False, 0.0
-    while not done:
-        print("\n" + obs)
-        try:
-            typed = input("\nyour answer> ")
-        except EOFError:
-            print()
-            return
-        # A person types "2,3"; a model would write the tags, so we add them.
-        response = typed if "<answer>" in typed.lower() else format_answer(typed.strip())
-        obs, reward, done, info = env.step(response)
-        total += reward
-        print(f"[reward {reward:+.1f}, outcome {info['outcome']}]")
-    print("\n" + obs + f"\nYour return: {total:+.1f}")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="The GIFT games as text environments.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python games.py demo\n  python games.py play tictactoe --opponent random --seed 3\n"
-               "  python games.py play spy --compact\n\nIn play, type just the answer (2,3 or Player 2 or 12);"
-               " the <answer> tags are added for you.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="print one bot-vs-bot episode of each game, with rewards")
-    play = commands.add_parser("play", help="play a game yourself in the terminal")
-    play.add_argument("game", choices=("tictactoe", "spy", "matrix", "arith"), help="which game to play")
-    play.add_argument("--seed", type=int, default=0, help="episode seed; the same seed gives the same start")
-    play.add_argument("--opponent", choices=("random", "minimax"), default="minimax",
-                      help="tictactoe only: the opponent's policy (default minimax, which never loses)")
-    play.add_argument("--compact", action="store_true", help="show the short observation a tiny model sees")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        _demo()
-    else:
-        _play(args.game, args.seed, args.opponent, args.compact)
-
-
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EOFError:                                       # Ctrl-D while playing
+        pass
