@@ -47,23 +47,21 @@ Z95 = 1.959963984540054          # the standard normal quantile of 0.975: a two-
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"   # option labels; MMLU uses A-D, MMLU-Pro A-J
 BATCH = 32                       # prompts per generate call
 ENTROPY_PROMPTS = 64             # prompts per task for --entropy (first turns of the first games / questions)
+INDENT = "\n" + " " * 27         # a printed task's second line (by game, by subject) starts under its numbers
 
 
 # -----------------------------------------------------------------------------
-# Settings: every one is a flag (--help lists them with their defaults)
+# Settings: every one is a flag (--help lists them with their defaults): GIFT's 100 games per game (§4.1) and its
+# 600-token budget for a real model's reply, greedy on fixed seeds (docstring); --samples > 1 samples like GLOW.
 @dataclass
 class Settings:
     models: str = flag("tiny", "comma-separated checkpoints: tiny, hub names, folders; one table row each")
     games: str = flag("matrix,tictactoe,spy", "games (matrix, tictactoe, spy, arith) or nested:A+B; none = skip")
     n: int = flag(100, "episodes per game, from seeds 10000, 10001, ...; GIFT plays 100")
-    opponent: str = flag("random",
-                         "TicTacToe (and, if a model, Spy) opponent: random | minimax | model:PATH | http://...")
-    bench: str = flag("data/bench_mc_demo.jsonl,data/bench_math_demo.jsonl",
-                      "comma-separated benchmark JSONL files; none = skip")
-    limit: int = flag(0, "use only the first N questions of each file (0 = all)")
+    opponent: str = flag("random", "TicTacToe (and, if a model, Spy) opponent: random|minimax|model:PATH|http://...")
+    bench: str = flag("data/bench_mc_demo.jsonl,data/bench_math_demo.jsonl", "benchmark JSONL files; none = skip")
     samples: int = flag(1, "replies per question; > 1 adds pass@k and maj@k for k = 1, 2, 4, ...")
-    temperature: float = flag(-1.0, "sampling temperature; default greedy, "
-                                    f"{SAMPLE_TEMPERATURE} for benchmarks with --samples > 1")
+    temperature: float = flag(-1.0, f"sampling temperature; default greedy, {SAMPLE_TEMPERATURE} with --samples > 1")
     max_new_tokens: int = flag(0, "tokens per reply (0 = 24 for tiny, 600 for real models: GIFT's budget)")
     entropy: bool = flag(False, "also the mean token entropy of the T=1 distribution over the model's own replies")
     seed: int = flag(0, "torch seed for sampled replies")
@@ -98,14 +96,12 @@ def pass_at_k(n, c, k):
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-# maj@k (self-consistency): the first k readable answers vote; ties go to the one that came first.
+# maj@k (self-consistency): the first k readable answers vote; a tie goes to the answer that came first
+# (Counter.most_common keeps first-seen order among equal counts).
 def majority_correct(keys, correct, k):
     """keys[i]: the comparable answer of sample i (None = unreadable); correct[i]: bool."""
     votes = collections.Counter(key for key in keys[:k] if key is not None)
-    if not votes:
-        return False
-    winner = votes.most_common(1)[0][0]          # equal counts keep first-seen order: a tie goes to the first
-    return bool(correct[keys.index(winner)])
+    return bool(votes) and bool(correct[keys.index(votes.most_common(1)[0][0])])
 
 
 def k_values(samples):
@@ -127,11 +123,9 @@ def parse_task(spec):
     """"tictactoe" -> ("tictactoe", None); "nested:matrix+tictactoe" -> (spec, ["matrix", "tictactoe"])."""
     parts = [p for p in spec[len("nested:"):].split("+") if p] if spec.startswith("nested:") else None
     if parts is None and spec not in PLAYABLE:
-        raise ValueError(f"--games: unknown game {spec!r}; valid: {', '.join(PLAYABLE)} or nested:A+B "
-                         "(files go to --bench)")
+        raise ValueError(f"--games: unknown game {spec!r}; valid: {', '.join(PLAYABLE)} or nested:A+B (files: --bench)")
     if parts is not None and (len(parts) < 2 or set(parts) - set(PLAYABLE) or len(set(parts)) < len(parts)):
-        raise ValueError(f"--games: {spec!r} must be nested:GAME+GAME[+...] of different games from "
-                         f"{', '.join(PLAYABLE)}")
+        raise ValueError(f"--games: {spec!r} must be nested:A+B[+...] of different games from {', '.join(PLAYABLE)}")
     return spec, parts
 
 
@@ -145,8 +139,7 @@ def game_report(spec, episodes):
     def rate(k, n):
         low, high = wilson_interval(k, n)
         return {"rate": k / n if n else 0.0, "low": low, "high": high, "count": k, "n": n}
-    n, turns = len(episodes), sum(ep.turns for ep in episodes)
-    rates = grpo.summarize_outcomes(episodes)
+    n, turns, rates = len(episodes), sum(ep.turns for ep in episodes), grpo.summarize_outcomes(episodes)
     report = {"task": spec, "n": n, "turns": turns, "mean_return": rates["mean_return"],
               "success": rate(round(rates["success"] * n), n), "invalid": rate(round(rates["invalid"] * turns), turns),
               "outcomes": {k: rate(round(v * n), n) for k, v in sorted(rates.items())
@@ -157,8 +150,7 @@ def game_report(spec, episodes):
         for ep in episodes:
             by[f"{ep.info['game']} {ep.info['role']}"].append(bool(ep.info.get("success")))
         report["by_game"] = {k: rate(sum(v), len(v)) for k, v in sorted(by.items())}
-    parts = parse_task(spec)[1]
-    if parts:                    # a nested setting: success is the joint one; each sub-game's success beside it
+    if parts := parse_task(spec)[1]:          # nested: success is the joint one; each sub-game's beside it
         report["joint_success"] = report["success"]
         report["sub_success"] = {name: rate(sum(bool(ep.info["subtasks"][k]["success"]) for ep in episodes), n)
                                  for k, name in enumerate(parts)}
@@ -171,7 +163,7 @@ def game_report(spec, episodes):
 #     free answer:      {"question": str, "answer": 42 | "3/4" | "x+1", "subject": str (optional)}
 # "answer" of a multiple-choice line is a letter or a 0-based index into choices (MMLU's convention).
 # Anything malformed stops the run with the file, the line and the field.
-def load_bench(path, limit=0):
+def load_bench(path):
     """{"name", "path", "kind": "mc" | "free", "items": [...]}; items carry the gold letter or answer."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
@@ -180,15 +172,12 @@ def load_bench(path, limit=0):
         where, line_kind = f"{path}:{number}", "mc" if "choices" in row else "free"
         kind = kind or line_kind                                # the first line decides the file's kind
         if line_kind != kind:
-            raise ValueError(f"{where}: this line is {'multiple choice' if line_kind == 'mc' else 'free answer'} but "
-                             f"line {items[0]['line']} is not; put each kind in its own file")
+            raise ValueError(f"{where}: a {line_kind} question in a file of {kind} ones; put each kind in its own file")
         items.append(check_item(row, kind, where) | {"line": number})
-        if limit and len(items) >= limit:
-            break
     if not items:
         raise ValueError(f"{path}: no questions in the file")
-    name = os.path.splitext(os.path.basename(path))[0]
-    return {"name": name.removeprefix("bench_"), "path": path, "kind": kind, "items": items}
+    return {"name": os.path.splitext(os.path.basename(path))[0].removeprefix("bench_"), "path": path, "kind": kind,
+            "items": items}
 
 
 def check_item(row, kind, where):
@@ -264,16 +253,14 @@ def last_match(pattern, text):
 
 
 def letter_from_phrase(text):
-    m = last_match(ANSWER_LETTER, text)
-    return next(g for g in m.groups() if g).upper() if m else None
+    return next(g for g in m.groups() if g).upper() if (m := last_match(ANSWER_LETTER, text)) else None
 
 
 def extract_choice(text, n_choices):
     """The option letter a reply commits to, or None."""
     text = unicodedata.normalize("NFKC", text)
     tagged = games.parse_answer(text)
-    bare = BARE_LETTER.fullmatch(text if tagged is None else tagged)
-    if bare:
+    if bare := BARE_LETTER.fullmatch(text if tagged is None else tagged):
         return bare.group(1).upper()
     if tagged is None:
         return letter_from_phrase(text)
@@ -313,9 +300,15 @@ def answer_key(answer):
 
 
 # -----------------------------------------------------------------------------
-# 5. Scoring a benchmark with any generator `generate_fn(prompts) -> replies` (a test passes one that
-# answers the gold letter). With samples = n, accuracy is the mean of c_i / n over questions: the unbiased
-# estimate of pass@1. Micro accuracy weighs every question alike; macro (the mean over subjects) every subject.
+# 5. Scoring a benchmark with any generator `generate_fn(prompts) -> replies`
+#
+#     accuracy = (1/Q) sum_i c_i / n      c_i of the n replies to question i correct (n = --samples)
+#     macro    = the mean over subjects of their accuracy
+#
+# With n > 1 the accuracy is the unbiased estimate of pass@1: it does not hang on which sample came first.
+# Micro accuracy weighs every question alike (MMLU's headline number); macro weighs every subject alike, so
+# a large subject cannot hide a weak small one. A test passes a generator that answers the gold letter:
+# scoring needs no model, and a model is only one more generate_fn (model_generate_fn below).
 def score_bench(bench, generate_fn, samples=1, compact=False):
     """Returns (metrics, records); records hold every reply's extracted answer and correctness."""
     items = bench["items"]
@@ -349,14 +342,17 @@ def score_bench(bench, generate_fn, samples=1, compact=False):
     return m, records
 
 
+# A question reaches the model the way training prompts do: through the chat template (glow_sft.prompt_ids), after
+# the system prompt real chat models get (grpo.SYSTEM_PROMPT) and tiny never saw. grpo.generate_batch pads every
+# row on the LEFT to the longest prompt of its batch, so prompts go in length order, which keeps that padding
+# small; each reply is cut at its first stop id, as in training, and comes back in the prompts' order.
 def prompt_ids(tokenizer, prompt, system_prompt):
-    chat = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-        [{"role": "user", "content": prompt}]
-    return tokenizer(grpo.render(tokenizer, chat, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return glow_sft.prompt_ids(tokenizer, {"messages": system + [{"role": "user", "content": prompt}]})
 
 
 def model_generate_fn(model, tokenizer, temperature, max_new, system_prompt, desc):
-    """Replies in the prompts' order; prompts sorted by length first, so rows of a batch need little padding."""
+    """Replies in the prompts' order, generated in batches of BATCH prompts of similar length."""
     config, stops = grpo.generation_config(model, tokenizer, temperature, max_new), set(grpo.stop_ids(tokenizer, model))
 
     def generate(prompts):
@@ -371,17 +367,23 @@ def model_generate_fn(model, tokenizer, temperature, max_new, system_prompt, des
 
 
 # -----------------------------------------------------------------------------
-# 6. One checkpoint: games, benchmarks, and the entropy of its own replies (GLOW's measure, glow_sft.py
-# section 6, on the first turns of the first ENTROPY_PROMPTS games and questions of each task)
+# 6. One checkpoint: games, benchmarks, and the entropy of its own replies
 #
-# The torch seed is reset before every task, so a sampled task's replies do not depend on the tasks before it.
+# Storage: --precision bf16 keeps the WEIGHTS in bf16 here, since evaluation trains nothing (grpo.py keeps
+# fp32 weights under bf16 compute only because bf16 would round GIFT's 1e-6 updates away). Reply budget:
+# tiny's answers take a few tokens (24 is ample), a real model reasons first and gets GIFT's 600. The torch
+# seed is reset before every task, so a sampled task's replies do not depend on the tasks before it.
+# Entropy (--entropy) is GLOW's measure as glow_sft.py section 6 defines it, the T = 1 next-token entropy
+# averaged over the tokens of the model's own replies, on the first turns of the first ENTROPY_PROMPTS games
+# and questions of each task, decoded as that task was: GLOW reports negatives raising it by 35.67%
+# (abstract), and a policy collapsed onto a few replies has a low one.
 def evaluate_model(name, cfg, benches):
     print(f"== {name}")
     t0 = time.time()
     model, tokenizer = grpo.load_policy(name, cfg.device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
     compact = grpo.is_compact(model)
-    system_prompt = None if compact else grpo.SYSTEM_PROMPT
-    max_new = cfg.max_new_tokens or (24 if compact else 600)
+    system_prompt, max_new = None if compact else grpo.SYSTEM_PROMPT, cfg.max_new_tokens or (24 if compact else 600)
+    # model:self plays against the checkpoint itself, hence its path (tiny's is its folder)
     opponent = grpo.make_opponent(cfg.opponent, grpo.TINY_DIR if name == "tiny" else name, cfg.device, max_new)
     result, entropy_prompts = {"model": name, "games": {}, "bench": {}}, {}     # task -> (prompt ids, temperature)
     for spec in cfg.game_list:
@@ -402,18 +404,17 @@ def evaluate_model(name, cfg, benches):
                                            for item in bench["items"][:ENTROPY_PROMPTS]], cfg.bench_temperature)
     if cfg.entropy:
         torch.manual_seed(cfg.seed)
-        result["entropy"] = {}
-        for task, (prompts, temperature) in entropy_prompts.items():
-            gens = glow_sft.generate(model, tokenizer, prompts, max_new, temperature)
-            result["entropy"][task] = glow_sft.entropy_of_generations(model, tokenizer, gens)
+        result["entropy"] = {task: glow_sft.entropy_of_generations(model, tokenizer, glow_sft.generate(
+            model, tokenizer, prompts, max_new, temperature)) for task, (prompts, temperature)
+                             in entropy_prompts.items()}
         result["entropy"]["all"] = sum(result["entropy"].values()) / len(result["entropy"])
         print(f"  {'entropy (nats/token)':<24} " + "  ".join(f"{k} {v:.3f}" for k, v in result["entropy"].items()))
-    result["seconds"] = time.time() - t0
-    return result
+    return result | {"seconds": time.time() - t0}
 
 
-# The printed lines: a task's name in a column of 24, then its numbers; a second line (by game, by subject)
-# starts under the numbers, hence the indent of 27 = 2 + 24 + 1.
+# The printed lines: a task's name in a column of 24, then its numbers, each game rate with its Wilson 95%
+# interval (section 1: read a gap between two models against it); a second line (by game, by subject) starts
+# under the numbers, hence the indent of 27 = 2 + 24 + 1.
 def format_game(report):
     rate = lambda name, v: f"{name} {100 * v['rate']:.1f}% [{100 * v['low']:.1f}, {100 * v['high']:.1f}]"
     parts = [rate("joint success" if "joint_success" in report else "success", report["success"])]
@@ -421,25 +422,23 @@ def format_game(report):
     parts += [f"{k} {100 * v['rate']:.1f}%" for k, v in report["outcomes"].items()]
     parts.append(f"invalid {100 * report['invalid']['rate']:.1f}% of {report['invalid']['n']} turns")
     if "by_game" in report:
-        parts.append("\n" + " " * 27 + "by game: " + ", ".join(f"{k} {v['count']}/{v['n']}"
-                                                               for k, v in report["by_game"].items()))
+        parts += [f"{INDENT}by game: " + ", ".join(f"{k} {v['count']}/{v['n']}" for k, v in report["by_game"].items())]
     return "  ".join(parts)
 
 
 def format_bench(m):
-    text = f"accuracy {100 * m['accuracy']:.1f}% (n={m['n']}"
-    text += f", 95% [{100 * m['interval'][0]:.1f}, {100 * m['interval'][1]:.1f}])" if "interval" in m else ")"
-    text += f"  unanswered {100 * m['unanswered']:.1f}%"
+    ci = f", 95% [{100 * m['interval'][0]:.1f}, {100 * m['interval'][1]:.1f}]" if "interval" in m else ""
+    text = f"accuracy {100 * m['accuracy']:.1f}% (n={m['n']}{ci})  unanswered {100 * m['unanswered']:.1f}%"
     for kind in ("pass", "maj"):
         text += "".join(f"  {kind}@{k} {100 * v:.1f}%" for k, v in m.get(f"{kind}@k", {}).items())
     if len(m["subjects"]) > 1:
-        text += "\n" + " " * 27 + "by subject: " + "  ".join(f"{s} {100 * v['accuracy']:.1f}%"
-                                                             for s, v in m["subjects"].items())
+        text += f"{INDENT}by subject: " + "  ".join(f"{s} {100 * v['accuracy']:.1f}%" for s, v in m["subjects"].items())
     return text
 
 
-# The papers' layout: one row per model, one column per task (game success %, benchmark accuracy %), their
-# average, then the entropy if measured (not averaged: it is not a score).
+# GIFT's layout (Tables 2 and 4): one row per model, one column per task (game success %, benchmark accuracy %),
+# their average ("avg": see the docstring for GIFT's Avg, §4.1.3), then the entropy if measured (not averaged:
+# it is not a score).
 def results_table(results):
     """(columns, rows): rows are lists of the model name and one number (or None) per column."""
     tasks = list(dict.fromkeys(t for r in results for t in r["games"]))
@@ -457,56 +456,52 @@ def results_table(results):
 
 # -----------------------------------------------------------------------------
 # 7. Command line
+#
+# Every check that needs no model runs in parse_args, so a typo stops the run before minutes of loading.
+# Decoding: games are greedy unless --temperature is given (GIFT samples at 0.5, §4.1.3: pass it to match);
+# benchmarks too, except that --samples > 1 defaults to SAMPLE_TEMPERATURE, GLOW's evaluation temperature
+# (its official vLLM settings), since k greedy replies would be one reply k times and pass@k = maj@k = pass@1.
 def split_list(text):
     """"a, b" -> ["a", "b"]; "" and "none" -> [] (so --games none skips the games)."""
     return [] if text.strip().lower() in ("", "none") else [t.strip() for t in text.split(",") if t.strip()]
 
 
-# Every check that needs no model runs here, so a typo stops the run before minutes of loading.
 def parse_args(argv=None):
     cfg = grpo.parse_settings(Settings, argv, __doc__.split("\n\n")[0].strip())
     try:
         cfg.game_list = [parse_task(t)[0] for t in split_list(cfg.games)]
         grpo.make_opponent(cfg.opponent)
+        cfg.benches = [load_bench(path) for path in split_list(cfg.bench)]
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    if not cfg.game_list and not split_list(cfg.bench):
+        raise SystemExit(f"error: {e}") from None
+    if not cfg.game_list and not cfg.benches:
         raise SystemExit("error: nothing to evaluate: give --games and/or --bench")
+    names = [b["name"] for b in cfg.benches] + cfg.game_list        # the table's columns: each name once
+    if len(set(names)) < len(names):
+        raise SystemExit(f"error: two tasks would share a column name: {', '.join(names)}; rename a file")
     if min(cfg.n, cfg.samples) < 1:
         raise SystemExit("error: --n and --samples must be at least 1")
-    # Games are greedy unless a temperature is given; --samples only changes the benchmarks' default.
     cfg.game_temperature = max(cfg.temperature, 0.0)
     cfg.bench_temperature = cfg.temperature if cfg.temperature >= 0 else SAMPLE_TEMPERATURE if cfg.samples > 1 else 0.0
     if cfg.samples > 1 and cfg.bench_temperature == 0:
-        raise SystemExit("error: --samples > 1 with --temperature 0 would repeat one greedy reply; give a "
-                         "temperature > 0")
+        raise SystemExit("error: --samples > 1 with --temperature 0 would repeat one greedy reply; give one > 0")
     return cfg
 
 
 def main(argv=None):
     cfg = parse_args(argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        benches = [load_bench(path, cfg.limit) for path in split_list(cfg.bench)]
-    except ValueError as e:
-        raise SystemExit(f"--bench: {e}") from None
-    names = [b["name"] for b in benches] + cfg.game_list        # the table's columns: each name once
-    if len(set(names)) < len(names):
-        raise SystemExit(f"--bench: two tasks would share a column name: {', '.join(names)}; rename a file")
-    t0 = time.time()
-    results = [evaluate_model(name, cfg, benches) for name in split_list(cfg.models)]
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())            # 0: torch's default
+    results = [evaluate_model(name, cfg, cfg.benches) for name in split_list(cfg.models)]
     columns, rows = results_table(results)
-    decoding = lambda t: "greedy" if t == 0 else f"temperature {t}"
-    games_setup = f"{cfg.n} games per game ({decoding(cfg.game_temperature)}, opponent {cfg.opponent})"
-    bench_setup = f"{cfg.samples} replies per question ({decoding(cfg.bench_temperature)})"
-    setup = [games_setup] * bool(cfg.game_list) + [bench_setup] * bool(benches)
-    print(f"\nsuccess / accuracy in %; {'; '.join(setup)}; {time.time() - t0:.0f} s\n\n"
-          + grpo.markdown_table(columns, rows))
+    how = lambda t: "greedy" if t == 0 else f"temperature {t}"
+    setup = [f"{cfg.n} games per game ({how(cfg.game_temperature)}, opponent {cfg.opponent})"] * bool(cfg.game_list)
+    setup += [f"{cfg.samples} replies per question ({how(cfg.bench_temperature)})"] * bool(cfg.benches)
+    print(f"\nsuccess / accuracy in %; {'; '.join(setup)}; {sum(r['seconds'] for r in results):.0f} s\n")
+    print(grpo.markdown_table(columns, rows))
     if cfg.json:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.json)), exist_ok=True)
-        with open(cfg.json, "w") as f:
-            json.dump({"columns": columns, "rows": rows, "results": results, "settings": vars(cfg)}, f, indent=1)
+        settings = vars(cfg) | {"benches": [b["path"] for b in cfg.benches]}       # the paths, not the questions
+        json.dump(dict(columns=columns, rows=rows, results=results, settings=settings), open(cfg.json, "w"), indent=1)
         print(f"\nwrote {cfg.json}")
     return results
 

@@ -55,7 +55,7 @@ EVAL_BATCH = 256             # prompts per generate call at evaluation
 @dataclass
 class Settings:
     model: str = flag("scratch", "scratch (tiny's architecture, fresh weights), tiny, a hub name or a folder")
-    data: str = flag("all", "which trajectories: pos (correct), neg (wrong final answer), all (unfiltered)", ("pos", "neg", "all"))
+    data: str = flag("all", "pos (correct trajectories), neg (wrong answer), all (unfiltered)", ("pos", "neg", "all"))
     weighting: str = flag("glow", "per-sample loss weights: none, or glow (from epoch 1)", ("none", "glow"))
     alpha: float = flag(1.0, "GLOW alpha; official 1.0 (recipes try 1 and 2)")
     beta: float = flag(20.0, "GLOW beta, how sharply the weight reacts to the gain; official 20 (10-30)")
@@ -70,18 +70,17 @@ class Settings:
     out_dir: str = flag("runs/glow", "log.jsonl, args.json, eval.json, checkpoint/ (distill: traj.jsonl)")
     train: str = flag("", "trajectory JSONL: id, prompt|messages, response, correct (make one with make-data)")
     tests: str = flag("", "comma-separated question files (prompt|messages + answer), scored after training")
-    skip_bad_lines: bool = flag(False, "skip malformed input lines (and count them) instead of stopping")
     resume: bool = flag(False, "continue the run in --out-dir exactly (weights, optimiser, GLOW history)")
     overwrite: bool = flag(False, "start afresh in an --out-dir that already holds a run, deleting it")
     device: str = flag("cpu", "cpu | cuda | cuda:1 ...")
-    precision: str = flag("fp32", "fp32 | bf16 (bf16 autocast over fp32 weights; bf16 frozen base with LoRA)", ("fp32", "bf16"))
+    precision: str = flag("fp32", "bf16: autocast over fp32 weights (frozen base in bf16 with LoRA)", ("fp32", "bf16"))
     gradient_checkpointing: bool = flag(False, "recompute activations in backward: less memory, more time")
     lora_rank: int = flag(0, "LoRA adapters of this rank (grpo.py section 5b); 0 = train all weights")
     lora_alpha: float = flag(16.0, "LoRA scale alpha")
     threads: int = flag(0, "torch CPU threads; 0 = torch's default")
     n_train: int = flag(1000, "make-data: training questions, two trajectories each")
     n_test: int = flag(200, "make-data: questions per test file")
-    wording: str = flag("compact", "make-data: compact expression (tiny) or the full word problem (real models)", ("compact", "full"))
+    wording: str = flag("compact", "make-data: the bare expression (tiny) or a word problem", ("compact", "full"))
     questions: str = flag("", "distill: question JSONL to sample answers for")
     k: int = flag(4, "distill: samples per question")
     temperature: float = flag(1.0, "distill: teacher sampling temperature; the paper does not give it")
@@ -96,7 +95,7 @@ class Settings:
 #
 # `prompt` (one user message) or `messages` (a chat, ending before the response), and `response` (without
 # the EOS: we add it). Every problem stops the program with "file:line: what is wrong": a silently dropped
-# negative would change the experiment. --skip-bad-lines goes on past them and says how many it skipped.
+# negative would change the experiment.
 class DataError(ValueError):
     """A bad line in an input file; the message starts with 'path:line:'."""
 
@@ -132,47 +131,40 @@ def _check_question(row, where):
         raise DataError(f"{where}: field 'answer' (the gold answer) is missing or not a string/number")
 
 
-def _read_jsonl(path, check, kind, skip_bad_lines=False, need_id=True):
-    """Parse and check every line of `path` (games.parse_jsonl_line). Returns (records, skipped lines)."""
+def _read_jsonl(path, check, kind, need_id=True):
+    """Parse and check every line of `path` (games.jsonl_objects); any problem stops with 'path:line:'."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file ({kind} file)")
-    records, first_line_of_id, bad = [], {}, []
-    for number, line in enumerate(open(path, encoding="utf-8"), 1):
-        where = f"{path}:{number}"
-        try:
-            row = games.parse_jsonl_line(line, where)
-            if row is None:                                  # blank line
-                continue
+    records, first_line_of_id = [], {}
+    try:
+        for number, row in games.jsonl_objects(path):                    # blank lines skipped
+            where = f"{path}:{number}"
             check(row, where)
             key = str(row["id"]) if "id" in row or need_id else f"line{number}"
             if key in first_line_of_id:
                 raise DataError(f"{where}: duplicate id {key!r} (first used on line {first_line_of_id[key]})")
             first_line_of_id[key], row["id"], row["_where"] = number, key, where
             records.append(row)
-        except ValueError as e:
-            if not skip_bad_lines:
-                raise DataError(str(e)) from None
-            bad.append(str(e))
-    if bad:
-        print(f"[data] {path}: skipped {len(bad)} bad line(s) (--skip-bad-lines); first: {bad[0]}")
+    except ValueError as e:                      # games' JSON errors too become ours, with their path:line
+        raise DataError(str(e)) from None
     if not records:
         raise DataError(f"{path}: no {kind} records in the file")
-    return records, len(bad)
+    return records
 
 
-def read_trajectories(path, skip_bad_lines=False):
-    return _read_jsonl(path, _check_trajectory, "trajectory", skip_bad_lines)[0]
+def read_trajectories(path):
+    return _read_jsonl(path, _check_trajectory, "trajectory")
 
 
-def read_questions(path, skip_bad_lines=False):
+def read_questions(path):
     """Questions with gold answers (`prompt`|`messages` + `answer`, optional unique `id`)."""
-    return _read_jsonl(path, _check_question, "question", skip_bad_lines, need_id=False)[0]
+    return _read_jsonl(path, _check_question, "question", need_id=False)
 
 
 def write_jsonl(path, rows):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) + "\n" for row in rows)
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 # -----------------------------------------------------------------------------
@@ -230,7 +222,8 @@ def make_data(out, n_train, n_test, seed=0, steps=ARITH_STEPS, max_operand=ARITH
 # sees the prompt ids the model will see when it answers. We supervise the EOS so that the model stops.
 def prompt_ids(tokenizer, record):
     messages = record["messages"] if "messages" in record else [{"role": "user", "content": record["prompt"]}]
-    return tokenizer(grpo.render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    text = grpo.render(tokenizer, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_trajectory(tokenizer, record, max_length=256):
@@ -260,11 +253,10 @@ def collate(examples, pad_id):
 #
 #     l_i = ( sum_t m_it * -log pi(y_it | y_i,<t) ) / sum_t m_it        m_it = 1 on response tokens + EOS
 #
-# A mean PER SAMPLE, then (section 5) a mean over samples: a 10-token and a 100-token response weigh the
-# same. That is what the official code does, even in its unweighted first epoch (standard SFT averages
-# over all tokens of the batch, where long responses count more); we use it for every condition so that
-# only the data and the weights differ. The log-probs come from grpo.token_logps_and_entropy, which never
-# holds the (B, T, V) logits at once.
+# A mean PER SAMPLE, then (section 5) a mean over samples: a 10-token and a 100-token response weigh the same. That is
+# what the official code does, even in its unweighted first epoch (standard SFT averages over all tokens of the batch,
+# where long responses count more); we use it for every condition so that only the data and the weights differ. The
+# log-probs come from grpo.token_logps_and_entropy, which never holds the (B, T, V) logits at once.
 def per_sample_loss(model, batch):
     """batch: input_ids, attention_mask, labels (B, T). Returns l: (B,), with gradient."""
     logps, _ = grpo.token_logps_and_entropy(model, batch["input_ids"], batch["attention_mask"], with_entropy=False)
@@ -302,19 +294,17 @@ def train_step(model, optimizer, scheduler, batch, cfg, epoch=0, history=None, s
     After the step every sample's pre-update loss is recorded under its id, for --weighting none too (it
     costs nothing and gives every condition the "share of samples whose loss rose" diagnostic).
     """
-    device = next(model.parameters()).device
-    B = batch["input_ids"].shape[0]
+    device, B = next(model.parameters()).device, batch["input_ids"].shape[0]
     history = {} if history is None else history
     ids = sample_ids if sample_ids is not None else [None] * B
     prev = torch.tensor([history.get(i, float("nan")) for i in ids])            # (B,), NaN = never seen
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    losses, weights = [], []
+    losses, weights, glow = [], [], cfg.weighting == "glow" and epoch > 0
     for sl in grpo.micro_slices(B, cfg.micro_batch_size or B):
         width = int(batch["attention_mask"][sl].sum(1).max())                    # trim the right padding
         with grpo.autocast(cfg.precision, device):
             l = per_sample_loss(model, {k: v[sl, :width].to(device) for k, v in batch.items()})   # (b,)
-        glow = cfg.weighting == "glow" and epoch > 0
         w = glow_weights(prev[sl], l, cfg.alpha, cfg.beta) if glow else torch.ones_like(l.detach())
         ((l * w).sum() / B).backward()
         losses.append(l.detach().float().cpu())
@@ -325,14 +315,13 @@ def train_step(model, optimizer, scheduler, batch, cfg, epoch=0, history=None, s
         scheduler.step()
     l, w = torch.cat(losses), torch.cat(weights)                                 # (B,), (B,)
     history.update((i, v) for i, v in zip(ids, l.tolist()) if i is not None)
-    seen = ~torch.isnan(prev)
+    seen, mean = ~torch.isnan(prev), lambda x: float(x.mean()) if len(x) else None   # None: nothing to average
     stats = {"loss": float((l * w).mean()), "loss_unweighted": float(l.mean()), "w_mean": float(w.mean()),
              "w_min": float(w.min()), "w_max": float(w.max()), "grad_norm": grad_norm, "n": B,
-             "tokens": int(batch["attention_mask"].sum()),
-             "rose": float((l[seen] > prev[seen]).float().mean()) if seen.any() else None}   # gain < 0
+             "tokens": int(batch["attention_mask"].sum()), "rose": mean((l[seen] > prev[seen]).float())}  # gain < 0
     if correct is not None:
         c = torch.tensor(correct, dtype=torch.bool)
-        stats.update(pos_loss=float(l[c].mean()) if c.any() else None, neg_loss=float(l[~c].mean()) if (~c).any() else None)
+        stats.update(pos_loss=mean(l[c]), neg_loss=mean(l[~c]))
     return stats
 
 
@@ -359,8 +348,7 @@ def generate(model, tokenizer, prompts, max_new, temperature=0.0):
     """One answer per prompt (token ids). Returns (prompt_ids, new_ids) pairs, new_ids cut after the first stop."""
     config, stops = grpo.generation_config(model, tokenizer, temperature, max_new), set(grpo.stop_ids(tokenizer, model))
     model.eval()
-    news = [n for s in tqdm(range(0, len(prompts), EVAL_BATCH), desc="generating", leave=False, disable=len(prompts) <= EVAL_BATCH)
-            for n in grpo.generate_batch(model, tokenizer, prompts[s:s + EVAL_BATCH], config, EVAL_BATCH)]
+    news = grpo.generate_batch(model, tokenizer, prompts, config, EVAL_BATCH)
     return [(p, grpo.cut_at_stop(n, stops)[0]) for p, n in zip(prompts, news)]
 
 
@@ -373,7 +361,7 @@ def entropy_of_generations(model, tokenizer, generations, batch_size=16):
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s:s + batch_size]
         width = max(len(p) + len(n) for p, n in chunk)
-        ids, attn = torch.full((len(chunk), width), tokenizer.pad_token_id), torch.zeros((len(chunk), width), dtype=torch.long)
+        ids, attn = torch.full((len(chunk), width), tokenizer.pad_token_id), torch.zeros(len(chunk), width).long()
         mask = torch.zeros((len(chunk), width - 1))                             # aligned with ids[:, 1:]
         for row, (p, n) in enumerate(chunk):
             ids[row, :len(p) + len(n)], attn[row, :len(p) + len(n)] = torch.tensor(p + n), 1
@@ -388,12 +376,12 @@ def evaluate_accuracy(model, tokenizer, questions, max_new):
     gens = generate(model, tokenizer, [prompt_ids(tokenizer, q) for q in questions], max_new)
     texts = [tokenizer.decode(new, skip_special_tokens=True) for _, new in gens]
     right = [games.check_answer(t, q["answer"]) for t, q in zip(texts, questions)]
-    stops = set(grpo.stop_ids(tokenizer, model))
-    return {"accuracy": sum(right) / len(right), "n": len(right), "entropy": entropy_of_generations(model, tokenizer, gens),
-            "mean_new_tokens": sum(len(n) for _, n in gens) / len(gens),
-            "unfinished": sum(not n or n[-1] not in stops for _, n in gens) / len(gens),   # raise --max-new-tokens?
-            "samples": [{"prompt": q.get("prompt", q.get("messages")), "answer": q["answer"], "response": t, "correct": r}
-                        for q, t, r in list(zip(questions, texts, right))[:5]]}
+    stops, n = set(grpo.stop_ids(tokenizer, model)), len(gens)
+    return {"accuracy": sum(right) / n, "n": n, "entropy": entropy_of_generations(model, tokenizer, gens),
+            "mean_new_tokens": sum(len(new) for _, new in gens) / n,
+            "unfinished": sum(not new or new[-1] not in stops for _, new in gens) / n,   # raise --max-new-tokens?
+            "samples": [{"prompt": q.get("prompt", q.get("messages")), "answer": q["answer"], "response": t,
+                         "correct": r} for q, t, r in list(zip(questions, texts, right))[:5]]}
 
 
 # -----------------------------------------------------------------------------
@@ -404,7 +392,6 @@ def evaluate_accuracy(model, tokenizer, questions, max_new):
 def load_model(cfg, resume_dir=None):
     """(model, tokenizer) to train. scratch: tiny's tokenizer and config with fresh weights (seed)."""
     from transformers import AutoModelForCausalLM
-
     if cfg.model != "scratch" or resume_dir:
         return grpo.load_trainable(cfg, resume_dir)
     model, tokenizer = grpo.load_policy("tiny", cfg.device)
@@ -418,24 +405,23 @@ def epoch_order(n, seed, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
 
 
-def train(cfg, on_step=None):
-    """Train one run; returns a summary (status "done" or "interrupted" by Ctrl-C, which saves first).
-    on_step(global_step, record): called after every step (tests use it to press Ctrl-C)."""
-    out = cfg.out_dir
+def train(cfg):
+    """Train one run; returns a summary (status "done" or "interrupted" by Ctrl-C, which saves first)."""
+    out, log_path = cfg.out_dir, os.path.join(cfg.out_dir, "log.jsonl")
     if not cfg.train:
         raise SystemExit("train: --train FILE is required (make one with: python glow_sft.py make-data --out-dir DIR)")
     # The whole file is read and checked before any training: a bad line never costs a half-run.
-    data = [t for t in read_trajectories(cfg.train, cfg.skip_bad_lines) if cfg.data == "all" or t["correct"] == (cfg.data == "pos")]
+    data = [t for t in read_trajectories(cfg.train) if cfg.data == "all" or t["correct"] == (cfg.data == "pos")]
     if not data:
         raise DataError(f"{cfg.train}: no trajectories left after --data {cfg.data}")
-    tests = [read_questions(p) for p in cfg.tests.split(",") if p]
+    tests = {os.path.splitext(os.path.basename(p))[0]: read_questions(p) for p in cfg.tests.split(",") if p}
     grpo.claim_run_dir(out, asdict(cfg), cfg.resume, cfg.overwrite)
     grpo.seed_everything(cfg.seed)
     model, tokenizer = load_model(cfg, out if cfg.resume else None)
     # Tokenise once: every epoch reuses the ids (the tokenizer is the slow part of a tiny-model step).
     encoded = [encode_trajectory(tokenizer, t, cfg.max_length) for t in tqdm(data, desc="tokenising", leave=False)]
     if cut := sum(len(ids) == cfg.max_length for ids, _ in encoded):
-        print(f"[data] {cut} of {len(encoded)} trajectories reach --max-length {cfg.max_length} and were cut at the end")
+        print(f"[data] {cut} of {len(encoded)} trajectories reach --max-length {cfg.max_length}: cut at the end")
     # The last batch of an epoch may be short: every sample is visited once per epoch (GLOW compares visits).
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -443,7 +429,6 @@ def train(cfg, on_step=None):
                                   fused=model.device.type == "cpu" or None)   # one kernel for all weights
     scheduler = cosine_with_warmup(optimizer, total_steps, round(cfg.warmup_ratio * total_steps))
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_history": {}}
-    log_path = os.path.join(out, "log.jsonl")
     if cfg.resume:
         state = grpo.load_checkpoint(out, model)
         optimizer.load_state_dict(state.pop("optimizer"))
@@ -458,18 +443,15 @@ def train(cfg, on_step=None):
         for epoch in range(state["epoch"], cfg.epochs):
             order = epoch_order(len(data), cfg.seed, epoch)
             for s in range(state["step_in_epoch"], steps_per_epoch):        # a resumed run starts mid-epoch
-                t0 = time.time()
-                rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                stats = train_step(model, optimizer, scheduler, collate([encoded[r] for r in rows], tokenizer.pad_token_id),
-                                   cfg, epoch, history, [data[r]["id"] for r in rows], [data[r]["correct"] for r in rows])
+                t0, rows = time.time(), order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                batch = collate([encoded[r] for r in rows], tokenizer.pad_token_id)
+                stats = train_step(model, optimizer, scheduler, batch, cfg, epoch, history,
+                                   [data[r]["id"] for r in rows], [data[r]["correct"] for r in rows])
                 state.update(step_in_epoch=s + 1, global_step=state["global_step"] + 1)
-                record = {"step": state["global_step"], "epoch": epoch, **stats, "lr": scheduler.get_last_lr()[0],
-                          "seconds": time.time() - t0}
-                grpo.log_line(log_path, record)
+                grpo.log_line(log_path, {"step": state["global_step"], "epoch": epoch, **stats,
+                                         "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t0})
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss_unweighted']:.3f}", w=f"{stats['w_mean']:.2f}")
-                if on_step:
-                    on_step(state["global_step"], record)
                 if ctrl_c["stop"]:
                     break
             if state["step_in_epoch"] == steps_per_epoch:
@@ -486,10 +468,9 @@ def train(cfg, on_step=None):
     # The unweighted loss of the last epoch: under GLOW the weighted one is mostly 0.5 x this.
     last = [r for r in grpo.read_log(log_path) if r["epoch"] == cfg.epochs - 1]
     summary["final_train_loss"] = sum(r["loss_unweighted"] * r["n"] for r in last) / sum(r["n"] for r in last)
-    summary["eval"] = {os.path.splitext(os.path.basename(p))[0]: evaluate_accuracy(model, tokenizer, q, cfg.max_new_tokens)
-                       for p, q in zip([p for p in cfg.tests.split(",") if p], tests)}
-    with open(os.path.join(out, "eval.json"), "w") as f:
-        json.dump({"final_train_loss": summary["final_train_loss"], **summary["eval"]}, f, indent=1)
+    summary["eval"] = {name: evaluate_accuracy(model, tokenizer, q, cfg.max_new_tokens) for name, q in tests.items()}
+    json.dump({"final_train_loss": summary["final_train_loss"], **summary["eval"]}, open(f"{out}/eval.json", "w"),
+              indent=1)
     return summary
 
 
@@ -520,14 +501,12 @@ def experiment(cfg):
                       epochs=size["epochs"] * (1 if mode == "all" else 2), batch_size=32, micro_batch_size=32,
                       tests=",".join(files[k] for k in ("test_id", "test_near", "test_ood")),
                       out_dir=os.path.join(root, f"{name}_s{s}"), resume=False, overwrite=True)
-        summary = train(run)
-        if summary["status"] != "done":
+        if (summary := train(run))["status"] != "done":
             print("experiment interrupted; results so far are in the run folders")
             return None
         results.setdefault(name, {})[s] = {"final_train_loss": summary["final_train_loss"], **summary["eval"]}
     minutes = (time.time() - t0) / 60
-    with open(os.path.join(root, "results.json"), "w") as f:
-        json.dump({"settings": size, "minutes": minutes, "results": results}, f, indent=1)
+    json.dump({"settings": size, "minutes": minutes, "results": results}, open(f"{root}/results.json", "w"), indent=1)
 
     def cell(runs, split, key, scale):
         values = [scale * (r[split][key] if split else r[key]) for r in runs]
@@ -537,7 +516,9 @@ def experiment(cfg):
     base = statistics.mean(r["test_ood"]["entropy"] for r in results["pos"].values())
     rel = ", ".join(f"{n} {100 * (statistics.mean(r['test_ood']['entropy'] for r in v.values()) / base - 1):+.1f}%"
                     for n, v in results.items() if n != "pos")
-    print(f"\n{len(SEEDS) * len(CONDITIONS)} runs in {minutes:.1f} min; logs: {root}/<condition>_s<seed>/log.jsonl\n\n"
+    smoke = "--quick is a smoke test of the pipeline: too small to show the full table's direction.\n" * cfg.quick
+    print(f"\n{len(SEEDS) * len(CONDITIONS)} runs in {minutes:.1f} min; logs: {root}/<condition>_s<seed>/log.jsonl"
+          f"\n{smoke}\n"
           + grpo.markdown_table(["condition"] + [c[0] for c in COLUMNS], rows)
           + f"\n\nOOD entropy relative to pos: {rel} (paper: negatives +35.67%)")
     return results
@@ -553,10 +534,10 @@ def experiment(cfg):
 def distill(cfg):
     grpo.seed_everything(cfg.seed)
     model, tokenizer = grpo.load_policy("tiny" if cfg.model == "scratch" else cfg.model, cfg.device)
-    questions = read_questions(cfg.questions, cfg.skip_bad_lines)
-    repeated = [q for q in questions for _ in range(cfg.k)]     # k adjacent copies, each samples its own answer
+    repeated = [q for q in read_questions(cfg.questions) for _ in range(cfg.k)]   # k adjacent copies, k answers
     with grpo.autocast(cfg.precision, cfg.device):
-        gens = generate(model, tokenizer, [prompt_ids(tokenizer, q) for q in repeated], cfg.max_new_tokens, cfg.temperature)
+        gens = generate(model, tokenizer, [prompt_ids(tokenizer, q) for q in repeated], cfg.max_new_tokens,
+                        cfg.temperature)
     stops, rows = set(grpo.stop_ids(tokenizer, model)), []
     for j, (q, (_, new)) in enumerate(zip(repeated, gens)):
         text = tokenizer.decode(new, skip_special_tokens=True)  # stored without the EOS: training adds it
@@ -564,8 +545,7 @@ def distill(cfg):
         rows.append({"id": f"{q['id']}-s{j % cfg.k}", **chat, "response": text, "answer": q["answer"],
                      "correct": games.check_answer(text, q["answer"]), "source": f"distill:{cfg.model}",
                      "truncated": not new or new[-1] not in stops})
-    path = os.path.join(cfg.out_dir, "traj.jsonl")
-    write_jsonl(path, rows)
+    write_jsonl(path := os.path.join(cfg.out_dir, "traj.jsonl"), rows)
     n_pos = sum(r["correct"] for r in rows)
     print(f"wrote {len(rows)} trajectories to {path}: {n_pos} correct, {len(rows) - n_pos} wrong, "
           f"{sum(r['truncated'] for r in rows)} truncated (kept)")
@@ -575,11 +555,10 @@ def distill(cfg):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(f"usage: python glow_sft.py {{{','.join(COMMANDS)}}} [--flags]; --help after a command lists them")
+        raise SystemExit(f"usage: python glow_sft.py {{{','.join(COMMANDS)}}} [--flags] (COMMAND --help lists them)")
     command = argv[0]
     cfg = grpo.parse_settings(Settings, argv[1:], f"glow_sft.py {command}: " + __doc__.split("\n\n")[0].strip())
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())              # 0: torch's default
     t0 = time.time()
     try:
         if command == "make-data":

@@ -181,13 +181,6 @@ def test_bad_lines_stop_with_file_and_line(tmp_path, bad, message):
     assert str(e.value).startswith(f"{path}:3:") and message in str(e.value)
 
 
-def test_skip_bad_lines_counts_what_it_skipped(tmp_path, capsys):
-    path = write_lines(tmp_path / "t.jsonl", [GOOD, "{oops", GOOD.replace('"a"', '"b"')])
-    rows, skipped = glow_sft._read_jsonl(path, glow_sft._check_trajectory, "trajectory", skip_bad_lines=True)
-    assert [r["id"] for r in rows] == ["a", "b"] and skipped == 1
-    assert "skipped 1 bad line" in capsys.readouterr().out
-
-
 def test_the_example_file_in_the_repository_is_valid():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "glow_example.jsonl")
     rows = glow_sft.read_trajectories(path)
@@ -255,16 +248,22 @@ def test_each_mode_trains_and_logs(tmp_path, mode, weighting):
         glow_sft.train(cfg)
 
 
-def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path):
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     files = small_data(tmp_path)
     glow_sft.train(small_cfg(files, tmp_path / "full", data="all", weighting="glow", epochs=3))
 
-    # Ctrl-C in the middle of epoch 1 (step 5 of 9): the step finishes, the run saves and stops.
-    def press_ctrl_c(step, _):
-        if step == 5:
+    # Ctrl-C in the middle of epoch 1 (during step 5 of 9): the step finishes, the run saves and stops.
+    real, steps = glow_sft.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        steps.append(real(*args, **kwargs))
+        if len(steps) == 5:
             signal.raise_signal(signal.SIGINT)
+        return steps[-1]
     part = small_cfg(files, tmp_path / "part", data="all", weighting="glow", epochs=3)
-    assert glow_sft.train(part, on_step=press_ctrl_c)["status"] == "interrupted"
+    with monkeypatch.context() as m:
+        m.setattr(glow_sft, "train_step", step_then_ctrl_c)
+        assert glow_sft.train(part)["status"] == "interrupted"
     state = torch.load(tmp_path / "part" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["global_step"] == 5 and len(state["loss_history"]) == 24   # the history is in the checkpoint
     glow_sft.main(["train", "--out-dir", str(tmp_path / "part"), "--resume"])
@@ -326,14 +325,15 @@ def test_accuracy_is_greedy_and_graded_by_the_answer_checker(tiny):
 
 @pytest.mark.slow
 def test_experiment_writes_logs_results_and_a_table(tmp_path, monkeypatch, capsys):
-    # The real --quick takes minutes; the same code on a toy size: 4 conditions x 2 seeds, 1-2 steps each.
-    monkeypatch.setitem(glow_sft.EXPERIMENT, "quick", dict(n_train=8, n_test=4, epochs=1))
+    # The real --quick takes minutes; the same code on a toy size: 4 conditions x 2 seeds, 2 steps each
+    # (the experiment's batches hold 32 trajectories: 32 questions give pos and neg one batch, all two).
+    monkeypatch.setitem(glow_sft.EXPERIMENT, "quick", dict(n_train=32, n_test=4, epochs=1))
     monkeypatch.setattr(glow_sft, "SEEDS", (0, 1))
     glow_sft.main(["experiment", "--quick", "--out-dir", str(tmp_path), "--max-new-tokens", "8"])
     root = tmp_path / "experiment-quick"        # never the full experiment's folder
     results = json.load(open(root / "results.json"))["results"]
     assert set(results) == {"pos", "neg", "all", "all+GLOW"}
     assert (root / "all+GLOW_s1" / "log.jsonl").exists()
-    # Steps match across conditions: pos/neg run 2 epochs of 8, all 1 epoch of 16.
+    # Steps match across conditions: pos/neg run 2 epochs of 32, all 1 epoch of 64.
     assert {len(open(root / f"{c}_s0" / "log.jsonl").readlines()) for c in results} == {2}
     assert "| all+GLOW |" in capsys.readouterr().out

@@ -31,9 +31,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def matrix_and_ttt(joint="mean", marker=False):
+def matrix_and_ttt(joint="mean"):
     return nested.NestedEnv([games.make_env("matrix", compact=True),
-                             games.make_env("tictactoe", compact=True, opponent="random")], joint, marker)
+                             games.make_env("tictactoe", compact=True, opponent="random")], joint)
 
 
 def right_matrix(env):
@@ -171,13 +171,6 @@ def test_the_same_seed_replays_the_same_episode():
     assert env.reset(11) == games.make_env("matrix", compact=True).reset(11)
 
 
-def test_marker_names_each_new_subtask():
-    env = matrix_and_ttt(marker=True)
-    assert env.reset(4).startswith("Task 1 of 2: matrix\n")
-    obs, _, _, _ = env.step(right_matrix(env.subs[0]))
-    assert obs.startswith("Task 2 of 2: tictactoe\n")
-
-
 def test_settings_and_order():
     assert nested.setting_tasks("F+I3") == ("arith", "matrix", "tictactoe", "spy")   # GIFT Fig. 2 order
     assert nested.setting_tasks("I2", "tictactoe,matrix") == ("tictactoe", "matrix")
@@ -265,7 +258,7 @@ def test_per_task_gradients_sum_to_the_full_gradient(tiny, episodes, loss_type, 
     model, tokenizer = tiny
     tasks = ["matrix", "tictactoe"]
     ids, attn, mask = grpo.pad_batch(episodes, tokenizer.pad_token_id)
-    labels = nested.label_batch(episodes, tasks, ids.shape[1])
+    labels = torch.tensor([nested.token_tasks(ep, tasks) + [-1] * (ids.shape[1] - len(ep.mask)) for ep in episodes])
     adv = torch.tensor([1.0, -0.5, 0.7, -1.2])
     if per_token:
         adv = adv[:, None] * torch.linspace(0.2, 1.0, ids.shape[1])[None]
@@ -279,6 +272,16 @@ def test_per_task_gradients_sum_to_the_full_gradient(tiny, episodes, loss_type, 
     assert grads[0].norm() > 0 and grads[1].norm() > 0
     assert torch.allclose(grads.sum(0), full, atol=1e-5)
     assert float(tok.sum()) == float(mask[:, 1:].sum())            # every sampled token has one task
+
+
+def test_dynamics_table_hand_computed():
+    # 4 steps, the second half counts: grad norms 1 and 3 -> mean 2, cv = std / mean = 1 / 2 (population std)
+    early = {"matrix/entropy": 9.0, "matrix/grad_norm": 9.0, "matrix/grad_cos": 9.0}
+    run = [early, early, {"matrix/entropy": 0.5, "matrix/grad_norm": 1.0, "matrix/grad_cos": 0.2},
+           {"matrix/entropy": 0.7, "matrix/grad_norm": 3.0, "matrix/grad_cos": 0.4}]
+    table = nested.dynamics_table({"mixed": [run, run]}, ["matrix", "tictactoe"])
+    assert "| mixed | matrix | 0.600 | 2.000 | 0.500 | 0.300 |" in table
+    assert "tictactoe" not in table                                 # no run trained it: no line
 
 
 # -----------------------------------------------------------------------------
@@ -299,13 +302,14 @@ def test_end_to_end_single_mixed_nested(tmp_path, capsys):
         tasks = [row[len("single-"):]] if row.startswith("single") else ["matrix", "tictactoe"]
         for r in log:
             for t in tasks:
-                assert {f"{t}/{k}" for k in ("reward", "success", "entropy", "grad_norm", "token_share")} <= set(r)
+                assert {f"{t}/{k}" for k in ("entropy", "grad_norm", "grad_cos", "token_share")} <= set(r)
             # the decomposition's total is grpo's own pre-clip gradient norm
             assert r["task_grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3, abs=1e-6)
         after = json.load(open(root / row / "seed0" / "eval.json"))["after"]
         assert {"matrix", "tictactoe", "joint"} <= set(after)
     table = open(root / "table.md").read()
     assert "| nested |" in table and "| base |" in table and "grad cos to update" in table
+    assert "| nested | tictactoe |" in table and "| single-matrix | tictactoe |" not in table    # dynamics rows
     # a second call finds every eval.json and trains nothing
     stamp = os.path.getmtime(root / "nested" / "seed0" / "log.jsonl")
     nested.run_experiment(cfg)
@@ -331,8 +335,9 @@ def test_nested_after_warmup_keeps_the_budget_and_fresh_start_states(tmp_path, m
     assert json.load(open(run / "args.json"))["num_groups"] == 1
     # the nested stage plays new start states, not the warm-up's again
     assert len(seen) == 2 and not set(seen[0]) & set(seen[1])
-    rows = nested.run_curves(str(run), ["matrix", "tictactoe"], warmup=True)
-    assert [r["step"] for r in rows] == [1, 1, 2, 2]
+    # the dynamics table reads the warm-up's steps first: its second half is the nested step alone
+    table = open(tmp_path / "I2" / "table.md").read()
+    assert f"| nested | matrix | {main[0]['matrix/entropy']:.3f} | {main[0]['matrix/grad_norm']:.3f} | - |" in table
 
 
 def test_quick_sets_its_own_size_and_given_flags_still_win():
