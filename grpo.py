@@ -4,10 +4,7 @@ grpo.py -- Group Relative Policy Optimisation for multi-turn text games, from sc
 What it does: plays G games from each start state with the current policy, scores every game with the
 environment's reward, and pushes up the log-probability of the moves of games that beat their group's
 average (DeepSeekMath's GRPO in the "StarPO*" form of GIFT, arXiv 2601.05633, App. B.1-B.3). No value
-network: the group mean is the baseline. Rollout, advantages, filter, loss, update, checkpoints: all here,
-on torch + transformers only.
-
-One step of the loop (section 11):
+network: the group mean is the baseline. One step of the loop (section 11):
   1. rollout    every episode advances in lockstep, one batched `generate` per turn; we keep the exact
                 sampled token ids and a loss mask that is 1 on them and 0 on what the env or template wrote
   2. reward     R_i = the sum of episode i's turn rewards (win 1, draw 0.5, invalid answer -0.1)
@@ -21,13 +18,13 @@ What we simplified (and why), one line each (docs/PAPERS.md has the full list):
   - No dual-clip (verl's c = 3): with one optimiser step per rollout the ratio never leaves 1.
   - The tiny default model reads compact observations (a 3-line board, not a paragraph of rules).
 
-Run:  python grpo.py        # tiny, TicTacToe vs random, 2 CPU cores, ~7 min; prints greedy win/loss before and
-                            # after, e.g.  | after | 83.5% | ... (docs/RESULTS.md has the measured line)
+Run:  python grpo.py   # tiny, TicTacToe vs random, ~10 min on 2 CPU cores; its last line should read
+                       #   | after | 73.0% | 6.5% | 20.5% | 73.0% | 0.0% |   (win, draw, loss, success, invalid)
       python grpo.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda --precision bf16 --gradient-checkpointing \\
           --lr 1e-6 --filter-ratio 0.25 --minibatches 2 --max-new-tokens 600 --micro-batch-size 4 --threads 0
-      python grpo.py --model Qwen/Qwen2.5-7B-Instruct ... --lora-rank 64 --lora-alpha 128 --lr 1e-5   # one 80 GB card
 """
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
@@ -63,13 +60,15 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 class Settings:
     model: str = flag("tiny", "tiny (data/tiny, shipped), a hub name, or a local folder")
     game: str = flag("tictactoe", "environment of games.py: matrix, tictactoe, spy, arith, math_jsonl")
-    opponent: str = flag("random", "random | minimax | model:PATH | model:self | http://host:port/v1#name; GIFT: Qwen3-14B")
+    opponent: str = flag("random", "random | minimax | model:PATH | model:self | http://host:port/v1#name; "
+                              "GIFT: Qwen3-14B")
     steps: int = flag(200, "optimiser steps of rollout + update; GIFT runs 100-300")
     num_groups: int = flag(8, "start states (GRPO groups) per step; GIFT 8")
     group_size: int = flag(16, "G: games per start state; GIFT 16")
     filter_ratio: float = flag(1.0, "StarPO*: keep this top fraction of groups by reward std; GIFT 0.25")
     loss_type: str = flag("grpo", "how token losses are averaged (section 4); GIFT's verl setup = grpo", LOSS_TYPES)
-    scale_rewards: str = flag("group", "the std in the advantage: group | batch | none (section 1)", ("group", "batch", "none"))
+    scale_rewards: str = flag("group", "the std in the advantage: group | batch | none (section 1)",
+                              ("group", "batch", "none"))
     eps_low: float = flag(0.2, "PPO clip below 1; GIFT 0.2")
     eps_high: float = flag(0.28, "PPO clip above 1 (DAPO's clip-higher); GIFT 0.28")
     beta: float = flag(0.0, "k3 KL coefficient to the frozen starting model; GIFT 0 (no reference model)")
@@ -80,11 +79,13 @@ class Settings:
     lr_warmup_steps: int = flag(0, "linear learning-rate warm-up over the first N steps; GIFT 0")
     temperature: float = flag(1.0, "sampling temperature of rollouts and of the trained log-probs; GIFT 1.0")
     max_new_tokens: int = flag(24, "tokens the policy may write per turn; tiny needs 4, GIFT allows 600")
-    rollout: str = flag("generate", "generate (HF generate) | fast (continuous batching, for GPUs)", ("generate", "fast"))
+    rollout: str = flag("generate", "generate (HF generate) | fast (continuous batching, for GPUs)",
+                        ("generate", "fast"))
     micro_batch_size: int = flag(64, "episodes per forward/backward; the gradient does not depend on it")
-    precision: str = flag("fp32", "fp32 | bf16: bf16 autocast over fp32 weights (bf16 frozen base with LoRA)", ("fp32", "bf16"))
+    precision: str = flag("fp32", "fp32 | bf16: bf16 autocast over fp32 weights (bf16 frozen base with LoRA)",
+                          ("fp32", "bf16"))
     gradient_checkpointing: bool = flag(False, "recompute activations in backward: less memory, ~30% more time")
-    lora_rank: int = flag(0, "rank r of LoRA adapters on every projection (section 5); 0 = train all weights")
+    lora_rank: int = flag(0, "rank r of LoRA adapters on every projection (section 5b); 0 = train all weights")
     lora_alpha: float = flag(16.0, "LoRA scale alpha: the adapter adds (alpha / r) B A x")
     device: str = flag("cpu", "cpu | cuda | cuda:1 ...")
     threads: int = flag(1, "torch CPU threads (0 = torch's default); tiny's small matrices gain nothing from more")
@@ -120,14 +121,10 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
     r = rewards.view(-1, group_size)                              # (num_groups, G)
     centered = r - r.mean(dim=1, keepdim=True)                    # (num_groups, G)
     group_std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-    if scale == "group":
-        adv = centered / (group_std + eps)
-    elif scale == "batch":
-        adv = centered / (rewards.std() + eps)
-    elif scale == "none":
-        adv = centered
-    else:
+    if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
+    adv = centered / (group_std + eps) if scale == "group" else \
+        centered / (rewards.std() + eps) if scale == "batch" else centered
     return torch.where(group_std <= eps, torch.zeros_like(adv), adv).reshape(-1)
 
 
@@ -236,15 +233,13 @@ def grpo_loss(logps, old_logps, advantages, mask, ref_logps=None, beta=0.0, eps_
     else:  # dr_grpo
         loss = (per_token * mask).sum() / (num_sequences * (max_completion_length or T))
 
-    with torch.no_grad():
+    with torch.no_grad():                          # token means over the sampled tokens, for the log
         n = mask.sum().clamp(min=1)
         low = ((ratio < 1 - eps_low) & (adv < 0)).to(mask.dtype)                   # clip is the active branch
         high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype)
-        stats = {"kl": float((kl * mask).sum() / n), "clip_low": float((low * mask).sum() / n),
-                 "clip_high": float((high * mask).sum() / n), "ratio": float((ratio * mask).sum() / n),
-                 "tokens": float(mask.sum())}
-        if entropy is not None:
-            stats["entropy"] = float((entropy * mask).sum() / n)
+        stats = {k: float((v * mask).sum() / n) for k, v in (("kl", kl), ("clip_low", low), ("clip_high", high),
+                                                              ("ratio", ratio), ("entropy", entropy)) if v is not None}
+        stats["tokens"] = float(mask.sum())
     return loss, stats
 
 
@@ -279,7 +274,8 @@ def load_policy(name, device="cpu", dtype=torch.float32):
     harmless = ("eos_token_id", "pad_token_id", "bos_token_id", "use_cache", "output_attentions",
                 "output_hidden_states", "return_dict_in_generate", "_from_model_config", "transformers_version")
     shipped = {k: v for k, v in model.generation_config.to_diff_dict().items() if k not in harmless}
-    model.generation_config = GenerationConfig(eos_token_id=stop_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+    model.generation_config = GenerationConfig(eos_token_id=stop_ids(tokenizer, model),
+                                               pad_token_id=tokenizer.pad_token_id,
                                                bos_token_id=model.generation_config.bos_token_id)
     if shipped:
         print(f"[model] {name}: ignoring its generation settings {shipped}: rollouts sample log_softmax(logits / T)")
@@ -294,12 +290,10 @@ def is_compact(model):
 def autocast(precision, device):
     """bf16 autocast around EVERY forward of a step (rollout, old/reference log-probs, training), so the
     PPO ratio compares log-probs of one precision: fp32 old against bf16 new was off 1 by up to 0.1."""
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-# 5b. LoRA (Hu et al. 2021), written here: a frozen weight W plus a trained low-rank update
+# 5b. LoRA (Hu et al. 2021, arXiv 2106.09685), written here: a frozen weight W plus a trained low-rank update
 #
 #     y = W x + (alpha / r) B A x          A: (r, in), B: (out, r), r << in, out
 #
@@ -336,16 +330,11 @@ def add_lora(model, rank, alpha):
 
 def merged_state_dict(model):
     """The plain model's state dict, adapters merged into W (W + scale B A): what save_pretrained writes."""
-    state = {}
-    for key, value in model.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if leaf in ("lora_A", "lora_B"):
-            continue
-        if owner.endswith(".base"):
-            lora, owner = model.get_submodule(owner[:-5]), owner[:-5]
-            if leaf == "weight":
-                value = (value.float() + lora.scale * lora.lora_B.float() @ lora.lora_A.float()).to(value.dtype)
-        state[f"{owner}.{leaf}"] = value
+    state = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if not k.endswith(("lora_A", "lora_B"))}
+    for name, lora in model.named_modules():
+        if isinstance(lora, LoRALinear):
+            W = state[f"{name}.weight"]
+            state[f"{name}.weight"] = (W.float() + lora.scale * lora.lora_B.float() @ lora.lora_A.float()).to(W.dtype)
     return state
 
 
@@ -361,9 +350,8 @@ def load_trainable(cfg, resume_dir=None):
         raise ValueError("trained weights must be fp32: bf16 weights lose updates smaller than 1/256 of the weight "
                          "(section 5b); use --precision bf16 (fp32 weights, bf16 compute) or --lora-rank")
     if cfg.gradient_checkpointing:              # non-reentrant: frozen inputs (LoRA) still pass gradient
-        if hasattr(model, "activation_checkpointing_enable"):                 # transformers >= 5.x's name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
+        enable = getattr(model, "activation_checkpointing_enable", None)            # transformers >= 5.x's name
+        enable(activation_checkpointing_kwargs={"use_reentrant": False}) if enable else \
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
@@ -463,10 +451,9 @@ def finish_turn(tokenizer, ep, sampled_ids, stops):
 def generation_config(model, tokenizer, temperature, max_new):
     from transformers import GenerationConfig
 
-    common = dict(max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer, model))
-    if temperature > 0:
-        return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, **common)
-    return GenerationConfig(do_sample=False, **common)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
+    return GenerationConfig(**sampling, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=stop_ids(tokenizer, model))
 
 
 @torch.no_grad()
@@ -527,10 +514,8 @@ def rollout(model, tokenizer, envs, seeds, groups=None, temperature=1.0, max_new
     model.eval()
     bar = tqdm(total=len(episodes), desc="playing", leave=False, disable=not progress)
     while active := [ep for ep in episodes if not ep.done]:
-        prompts = [ep.ids for ep in active]
-        answers = generate_fast(model, tokenizer, prompts, config) if fast else \
-            generate_batch(model, tokenizer, prompts, config)
-        for ep, new_ids in zip(active, answers):
+        generate = generate_fast if fast else generate_batch
+        for ep, new_ids in zip(active, generate(model, tokenizer, [ep.ids for ep in active], config)):
             finish_turn(tokenizer, ep, new_ids, stops)
             bar.update(int(ep.done))
     bar.close()
@@ -541,9 +526,7 @@ def rollout(model, tokenizer, envs, seeds, groups=None, temperature=1.0, max_new
 def summarize_outcomes(episodes):
     """Rates over finished episodes: each outcome (win/draw/loss/...), success, invalid turns, mean return."""
     n = max(1, len(episodes))
-    out = {}
-    for ep in episodes:
-        out[ep.info.get("outcome", "unknown")] = out.get(ep.info.get("outcome", "unknown"), 0) + 1 / n
+    out = {k: c / n for k, c in collections.Counter(ep.info.get("outcome", "unknown") for ep in episodes).items()}
     out["success"] = sum(bool(ep.info.get("success")) for ep in episodes) / n
     out["invalid"] = sum(ep.invalid_turns for ep in episodes) / max(1, sum(ep.turns for ep in episodes))
     out["mean_return"] = sum(ep.reward for ep in episodes) / n
@@ -563,7 +546,8 @@ def play(model, tokenizer, envs, temperature=0.0, max_new=24, system_prompt=None
 # 8. The update: padded tensors, old log-probs, micro-batches, minibatches
 #
 # The batch is padded on the right into (N, T) tensors. Env tokens stay in the input -- the model must
-# attend to the board -- but their mask is 0, so they get exactly zero gradient.
+# attend to the board -- but their mask is 0, so they get exactly zero gradient. Each micro-batch is
+# trimmed to its own longest row, so short games cost no padding.
 def pad_batch(episodes, pad_id):
     width = max(len(ep.ids) for ep in episodes)
     ids = torch.full((len(episodes), width), pad_id, dtype=torch.long)
@@ -579,17 +563,19 @@ def micro_slices(n, size):
     return [slice(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def micro_logps(model, ids, attn, sl, cfg):
+    """(width, logps, entropy) of the rows `sl`, trimmed to their longest row; logps: (b, width - 1)."""
+    device, width = next(model.parameters()).device, int(attn[sl].sum(1).max())
+    with autocast(cfg.precision, device):
+        return (width, *token_logps_and_entropy(model, ids[sl, :width].to(device), attn[sl, :width].to(device),
+                                                cfg.temperature))
+
+
 @torch.no_grad()
 def batch_logps(model, ids, attn, cfg):
     """Log-probs of a batch without gradient: the old policy (before any update) or the reference model."""
-    device, outs = next(model.parameters()).device, []
-    for sl in micro_slices(ids.shape[0], cfg.micro_batch_size):
-        width = int(attn[sl].sum(1).max())                                       # trim the right padding
-        with autocast(cfg.precision, device):
-            logps, _ = token_logps_and_entropy(model, ids[sl, :width].to(device), attn[sl, :width].to(device),
-                                               cfg.temperature)
-        outs.append(F.pad(logps.float().cpu(), (0, ids.shape[1] - width)))    # (b, T-1) again
-    return torch.cat(outs)
+    outs = [micro_logps(model, ids, attn, sl, cfg) for sl in micro_slices(ids.shape[0], cfg.micro_batch_size)]
+    return torch.cat([F.pad(logps.float().cpu(), (0, ids.shape[1] - width)) for width, logps, _ in outs])  # (N, T-1)
 
 
 def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None, ref_logps=None, num_tokens=None):
@@ -602,18 +588,15 @@ def accumulate_gradients(model, ids, attn, mask, advantages, cfg, old_logps=None
     target_mask = mask[:, 1:]                                                    # (N, T-1): targets are ids[:, 1:]
     N, total = ids.shape[0], target_mask.sum().clamp(min=1)
     norm = num_tokens if cfg.loss_type == "dapo" and num_tokens is not None else total
+    L_max = getattr(cfg, "max_completion_length", None) or ids.shape[1] - 1           # dr_grpo's constant
     sums = {}
     for sl in micro_slices(N, cfg.micro_batch_size):
-        width = int(attn[sl].sum(1).max())                                       # trim this micro-batch's padding
-        mb_mask = target_mask[sl, :width - 1].to(device)
-        with autocast(cfg.precision, device):
-            logps, entropy = token_logps_and_entropy(model, ids[sl, :width].to(device), attn[sl, :width].to(device),
-                                                     cfg.temperature)
+        width, logps, entropy = micro_logps(model, ids, attn, sl, cfg)
         old = old_logps[sl, :width - 1].to(device) if old_logps is not None else logps.detach()
         ref = ref_logps[sl, :width - 1].to(device) if ref_logps is not None else None
         mb_adv = (advantages[sl] if advantages.dim() == 1 else advantages[sl, 1:width]).to(device)
-        loss, stats = grpo_loss(logps, old, mb_adv, mb_mask, ref, cfg.beta, cfg.eps_low, cfg.eps_high, cfg.loss_type,
-                                getattr(cfg, "max_completion_length", None) or ids.shape[1] - 1, num_sequences=N, num_tokens=norm,
+        loss, stats = grpo_loss(logps, old, mb_adv, target_mask[sl, :width - 1].to(device), ref, cfg.beta,
+                                cfg.eps_low, cfg.eps_high, cfg.loss_type, L_max, num_sequences=N, num_tokens=norm,
                                 entropy=entropy, entropy_coef=cfg.entropy_coef)
         loss.backward()
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -648,17 +631,7 @@ def update_policy(model, optimizer, ids, attn, mask, advantages, cfg, old_logps=
 #
 # games.py takes any callable `prompt -> text` as an opponent. `model:PATH` wraps a local model,
 # `model:self` a frozen copy of the starting policy (one GPU, no server), `http://...` games.py's client.
-def model_opponent(model, tokenizer, max_new, temperature=0.5):
-    config, stops = generation_config(model, tokenizer, temperature, max_new), set(stop_ids(tokenizer, model))
-
-    def respond(prompt):
-        ids = tokenizer(render(tokenizer, [{"role": "user", "content": prompt}], True), add_special_tokens=False)
-        new, _ = cut_at_stop(generate_batch(model, tokenizer, [ids["input_ids"]], config)[0], stops)
-        return tokenizer.decode(new, skip_special_tokens=True)
-    return respond
-
-
-def make_opponent(spec, policy_path=None, device="cpu", max_new=24):
+def make_opponent(spec, policy_path=None, device="cpu", max_new=24, temperature=0.5):
     """What games.py gets as an opponent. Without policy_path, only checks the spec (before anything loads)."""
     if spec in games.TTT_BOTS:
         return spec
@@ -670,7 +643,14 @@ def make_opponent(spec, policy_path=None, device="cpu", max_new=24):
     if policy_path is None:
         return None
     model, tokenizer = load_policy(policy_path if spec == "model:self" else spec[len("model:"):], device)
-    return model_opponent(model.eval().requires_grad_(False), tokenizer, max_new)
+    model.eval().requires_grad_(False)
+    config, stops = generation_config(model, tokenizer, temperature, max_new), set(stop_ids(tokenizer, model))
+
+    def respond(prompt):                      # one prompt in, the decoded reply through its stop id out
+        ids = tokenizer(render(tokenizer, [{"role": "user", "content": prompt}], True), add_special_tokens=False)
+        new, _ = cut_at_stop(generate_batch(model, tokenizer, [ids["input_ids"]], config)[0], stops)
+        return tokenizer.decode(new, skip_special_tokens=True)
+    return respond
 
 
 def env_options(game, compact, opponent, training):
@@ -703,8 +683,7 @@ def claim_run_dir(out, settings, resume, overwrite):
     if trained and not overwrite:
         raise SystemExit(f"{out} already holds a run ({', '.join(trained)}). Continue it with --resume, "
                          f"start afresh there with --overwrite (deletes it), or choose another --out-dir.")
-    for f in [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]:
-        path = os.path.join(out, f)
+    for path in [os.path.join(out, f) for f in RUN_FILES if os.path.exists(os.path.join(out, f))]:
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "args.json"), "w") as f:
@@ -802,21 +781,15 @@ def lr_at(step, cfg):
 
 
 def step_metrics(episodes, kept, group_size):
+    """What one step's log line says about the games: rewards, dead groups, answer lengths, outcome rates."""
     rewards = torch.tensor([ep.reward for ep in episodes])
     stds = rewards.view(-1, group_size).std(dim=1) if group_size > 1 else torch.zeros(1)
     turns = max(1, sum(ep.turns for ep in episodes))
-    m = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-         "zero_std_groups": float((stds <= 1e-6).float().mean()), "kept_episodes": len(kept),
-         "truncated_turns": sum(ep.cut_turns for ep in episodes) / turns,
-         "response_tokens": sum(sum(ep.mask) for ep in episodes) / turns}
-    m.update({f"rate_{k}": v for k, v in summarize_outcomes(episodes).items()})
-    tasks = sorted({ep.task for ep in episodes})
-    for t in tasks if len(tasks) > 1 else ():                     # mixed multi-task batches (nested.py)
-        mine = [ep for ep in episodes if ep.task == t]
-        m[f"{t}/reward"] = sum(ep.reward for ep in mine) / len(mine)
-        m[f"{t}/success"] = sum(bool(ep.info.get("success")) for ep in mine) / len(mine)
-        m[f"{t}/kept"] = sum(episodes[i].task == t for i in kept) / max(1, len(kept))
-    return m
+    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "zero_std_groups": float((stds <= 1e-6).float().mean()), "kept_episodes": len(kept),
+            "truncated_turns": sum(ep.cut_turns for ep in episodes) / turns,
+            "response_tokens": sum(sum(ep.mask) for ep in episodes) / turns,
+            **{f"rate_{k}": v for k, v in summarize_outcomes(episodes).items()}}
 
 
 def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_fn=None, seed_offset=0):
@@ -837,8 +810,7 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     model, tokenizer = load_trainable(cfg, out if cfg.resume else None)
-    compact = is_compact(model)
-    start_path = TINY_DIR if cfg.model == "tiny" else cfg.model
+    compact, start_path = is_compact(model), TINY_DIR if cfg.model == "tiny" else cfg.model
     opponent = make_opponent(cfg.opponent, start_path, device, cfg.max_new_tokens)
     ref_model = None                                                  # exists only with the KL term: a full copy
     if cfg.beta > 0:
@@ -846,15 +818,12 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
     system_prompt = None if compact else SYSTEM_PROMPT
-    if make_envs is None:
-        def make_envs(step, compact_, opponent_):
-            options = env_options(cfg.game, compact_, opponent_, training=True)
-            return [games.make_env(cfg.game, **options) for _ in range(cfg.num_groups * cfg.group_size)]
-    if evaluate_fn is None:
-        def evaluate_fn(model_, tokenizer_, opponent_, progress=True):
-            envs = [games.make_env(cfg.game, **env_options(cfg.game, compact, opponent_, training=False))
-                    for _ in range(cfg.eval_games)]
-            return play(model_, tokenizer_, envs, 0.0, cfg.max_new_tokens, system_prompt, progress)[0]
+    game_options = lambda training: env_options(cfg.game, compact, opponent, training)
+    make_envs = make_envs or (lambda step, compact_, opponent_: [games.make_env(cfg.game, **game_options(True))
+                                                                 for _ in range(cfg.num_groups * cfg.group_size)])
+    evaluate_fn = evaluate_fn or (lambda model_, tokenizer_, opponent_: play(
+        model_, tokenizer_, [games.make_env(cfg.game, **game_options(False)) for _ in range(cfg.eval_games)],
+        0.0, cfg.max_new_tokens, system_prompt)[0])
     # dr_grpo's constant L_max: the most tokens one episode can sample.
     cfg = dataclasses.replace(cfg)
     cfg.max_completion_length = cfg.max_new_tokens * max(e.max_turns for e in make_envs(0, compact, opponent))
@@ -881,9 +850,9 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
                 t0 = time.time()
                 # 1. rollout: G copies of each start state, adjacent
                 seeds = train_seeds(cfg.seed, step, cfg.num_groups, seed_offset)
-                envs = make_envs(step, compact, opponent)
                 with autocast(cfg.precision, device):
-                    episodes = rollout(model, tokenizer, envs, [s for s in seeds for _ in range(cfg.group_size)],
+                    episodes = rollout(model, tokenizer, make_envs(step, compact, opponent),
+                                       [s for s in seeds for _ in range(cfg.group_size)],
                                        [g for g in range(cfg.num_groups) for _ in range(cfg.group_size)],
                                        cfg.temperature, cfg.max_new_tokens, system_prompt, fast=cfg.rollout == "fast")
                 t_roll = time.time() - t0
@@ -894,7 +863,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
                 batch = [episodes[i] for i in kept]
                 ids, attn, mask = pad_batch(batch, tokenizer.pad_token_id)
                 kept_adv = adv[kept] if advantage_fn is None else advantage_fn(adv[kept], batch, mask)
-                instruments = extra_metrics(model, episodes, kept, ids, attn, mask, kept_adv, cfg) if extra_metrics else {}
+                instruments = {} if extra_metrics is None else \
+                    extra_metrics(model, episodes, kept, ids, attn, mask, kept_adv, cfg)
                 # 5. update. Old log-probs: needed whenever the policy moves between optimiser steps of one
                 # rollout, or when another engine sampled (--rollout fast); otherwise the training forward is them.
                 several = cfg.num_iterations * cfg.minibatches > 1 or cfg.rollout == "fast"
@@ -903,15 +873,14 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, cfg)
                 stats = update_policy(model, optimizer, ids, attn, mask, kept_adv, cfg, old, ref)
-                seconds = time.time() - t0
                 record = {"step": step + 1, **step_metrics(episodes, kept, cfg.group_size), **stats,
                           "adv_abs_mean": float(adv.abs().mean()), "lr": optimizer.param_groups[0]["lr"],
-                          "rollout_s": t_roll, "seconds": seconds, **instruments}
+                          "rollout_s": t_roll, "seconds": time.time() - t0, **instruments}
                 log_line(os.path.join(out, "log.jsonl"), record)
-                if (step + 1) % SAMPLE_EVERY == 0:
+                if (step + 1) % SAMPLE_EVERY == 0:                 # a few whole games, to read what is played
                     for ep in episodes[:: max(1, len(episodes) // 4)][:4]:
-                        log_line(os.path.join(out, "samples.jsonl"), {"step": step + 1, "seed": ep.seed, "reward": ep.reward,
-                                                                      "outcome": ep.info.get("outcome"), "messages": ep.messages})
+                        log_line(os.path.join(out, "samples.jsonl"), {"step": step + 1, "seed": ep.seed,
+                                 "reward": ep.reward, "outcome": ep.info.get("outcome"), "messages": ep.messages})
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", success=f"{record['rate_success']:.2f}")
                 if ctrl_c["stop"]:
                     save(step + 1)
@@ -922,9 +891,8 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
         finally:
             stop_fast_managers()
     save(cfg.steps)
-    after = None
-    if cfg.eval_games:
-        after = evaluate_fn(model, tokenizer, opponent)
+    after = evaluate_fn(model, tokenizer, opponent) if cfg.eval_games else None
+    if after:
         print("after: ", format_rates(after))
         with open(os.path.join(out, "eval.json"), "w") as f:
             json.dump({"before": extra.get("before"), "after": after}, f, indent=1)
