@@ -9,7 +9,7 @@ model. The result is saved with `save_pretrained`, so `grpo.load_policy("tiny")`
 
 The repository ships the folder this script writes, so nobody needs to run it: a fresh clone trains at once,
 and every machine starts from the same weights (before, each machine built its own and started GRPO from a
-different tiny). Run it to change the recipe, or to see it work (the default trains each phase 400 steps):
+different tiny). Run it to change the recipe, or to see it work (PHASES below: 400 steps each):
 
 Run:  python data/make_tiny.py                        # rebuilds data/tiny/ (about 7.5 min on 2 CPU cores)
       python data/make_tiny.py --out /tmp/tiny --steps 20   # a quick look (a useless model, the same recipe)
@@ -39,8 +39,9 @@ TINY_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, 
 # Two phases: TicTacToe alone first, because reading a board and answering a LEGAL move takes far more
 # practice than an answer format (mixed with the other games the jump had not come after 750 steps); then
 # every game at half the learning rate, TicTacToe still half of the transcripts so its legality stays.
-PHASES = ((("tictactoe",), 2e-3), (("tictactoe", "matrix", "tictactoe", "arith", "tictactoe", "spy"), 1e-3))
-STEPS = 400                  # behaviour-cloning steps of each phase
+# (games, peak lr, steps) per phase; a 1,200-step first phase was worse, not better (docs/LOG.md, 2026-12-06).
+PHASES = ((("tictactoe",), 2e-3, 400),
+          (("tictactoe", "matrix", "tictactoe", "arith", "tictactoe", "spy"), 1e-3, 400))
 BATCH = 32                   # episodes per step
 SEED = 0                     # model initialisation and transcripts
 OUT = os.path.join(HERE, "tiny")
@@ -170,15 +171,15 @@ def warm_start(model, tokenizer, game_names, steps, lr, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Rebuild the tiny model (tokenizer + behaviour-cloning warm start).")
     p.add_argument("--out", default=OUT, help=f"folder to write (default: {OUT})")
-    p.add_argument("--steps", type=int, default=STEPS, help=f"behaviour-cloning steps of each phase (default: {STEPS})")
+    p.add_argument("--steps", type=int, default=0, help="behaviour-cloning steps of EVERY phase (default: PHASES' own)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)          # one thread: the same arithmetic order, run after run
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     print(f"tiny: {sum(p.numel() for p in model.parameters()):,} parameters, {len(tokenizer)} tokens")
-    for phase, (game_names, lr) in enumerate(PHASES):
-        loss = warm_start(model, tokenizer, game_names, args.steps, lr, SEED + phase)
+    for phase, (game_names, lr, steps) in enumerate(PHASES):
+        loss = warm_start(model, tokenizer, game_names, args.steps or steps, lr, SEED + phase)
         print(f"phase {phase + 1}: last behaviour-cloning loss {loss:.4f}")
     # Written next to the target, then moved: a reader never finds half a model.
     tmp = args.out.rstrip("/") + ".tmp"
@@ -186,8 +187,8 @@ def main(argv=None):
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "recipe.json"), "w") as f:
-        json.dump({"script": "data/make_tiny.py", "steps_per_phase": args.steps, "batch": BATCH, "seed": SEED,
-                   "phases": [[list(g), lr] for g, lr in PHASES]}, f, indent=1)
+        json.dump({"script": "data/make_tiny.py", "batch": BATCH, "seed": SEED,
+                   "phases": [[list(g), lr, args.steps or n] for g, lr, n in PHASES]}, f, indent=1)
     shutil.rmtree(args.out, ignore_errors=True)
     os.replace(tmp, args.out)
     print(f"wrote {args.out} in {(time.time() - t0) / 60:.1f} min")
