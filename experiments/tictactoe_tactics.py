@@ -169,6 +169,28 @@ def optimum(prefer="wins"):
     return tuple(0.5 * a + 0.5 * b for a, b in zip(first, second))
 
 
+# Two rule players that bracket what GRPO learns (docs/LOG.md, 2026-12-06): "take a win when there is one, else
+# a uniformly random legal move", and the same with "else block the opponent's win" in between. A policy that
+# only learned to take its wins cannot beat the first; blocking is worth the difference between them.
+@functools.lru_cache(maxsize=None)
+def _rule(board, to_move, me, block):
+    """(win, draw, loss) for `me` playing the rule, the random opponent playing uniformly, `to_move` to move."""
+    winner, moves = games.ttt_winner(board), games.ttt_legal_moves(board)
+    if winner or not moves:
+        return (0.0, 1.0, 0.0) if not winner else (1.0, 0.0, 0.0) if winner == me else (0.0, 0.0, 1.0)
+    if to_move == me:
+        wins, threats = winning_cells(board, me), winning_cells(board, games._other(me)) if block else []
+        moves = wins or threats or moves
+    results = [_rule(games._place(board, m, to_move), games._other(to_move), me, block) for m in moves]
+    return tuple(sum(r[i] for r in results) / len(results) for i in range(3))
+
+
+def rule_player(block):
+    """(win, draw, loss) of the rule player under the evaluation protocol (random first player)."""
+    return tuple(0.5 * a + 0.5 * b for a, b in zip(_rule((EMPTY,) * 9, "x", "x", block),
+                                                   _rule((EMPTY,) * 9, "x", "o", block)))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--model", default="", help="a checkpoint to measure in play and on the probe")
@@ -180,6 +202,10 @@ def main(argv=None):
             win, draw, loss = optimum(prefer)
             print(f"{'minimax play' if prefer == 'minimax' else f'best policy (ties: {prefer})'} vs random: expected reward "
                   f"{win + 0.5 * draw:.4f}, wins {100 * win:.1f}%, draws {100 * draw:.1f}%, losses {100 * loss:.1f}%")
+        for block in (False, True):
+            win, draw, loss = rule_player(block)
+            print(f"rule: take a win{', else block' if block else ''}, else random: wins {100 * win:.1f}%, "
+                  f"draws {100 * draw:.1f}%, losses {100 * loss:.1f}%")
     if args.model:
         model, tokenizer = grpo.load_policy(args.model)
         envs = [TacticsTicTacToe(compact=grpo.is_compact(model)) for _ in range(args.games)]
