@@ -350,8 +350,9 @@ def load_trainable(cfg, resume_dir=None):
         raise ValueError("trained weights must be fp32: bf16 weights lose updates smaller than 1/256 of the weight "
                          "(section 5b); use --precision bf16 (fp32 weights, bf16 compute) or --lora-rank")
     if cfg.gradient_checkpointing:              # non-reentrant: frozen inputs (LoRA) still pass gradient
-        enable = getattr(model, "activation_checkpointing_enable", None)            # transformers >= 5.x's name
-        enable(activation_checkpointing_kwargs={"use_reentrant": False}) if enable else \
+        if hasattr(model, "activation_checkpointing_enable"):                 # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
