@@ -121,10 +121,14 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
     r = rewards.view(-1, group_size)                              # (num_groups, G)
     centered = r - r.mean(dim=1, keepdim=True)                    # (num_groups, G)
     group_std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-    if scale not in ("group", "batch", "none"):
+    if scale == "group":
+        adv = centered / (group_std + eps)
+    elif scale == "batch":
+        adv = centered / (rewards.std() + eps)
+    elif scale == "none":
+        adv = centered
+    else:
         raise ValueError(f"scale must be group, batch or none, got {scale!r}")
-    adv = centered / (group_std + eps) if scale == "group" else \
-        centered / (rewards.std() + eps) if scale == "batch" else centered
     return torch.where(group_std <= eps, torch.zeros_like(adv), adv).reshape(-1)
 
 
@@ -819,12 +823,15 @@ def train(cfg, make_envs=None, evaluate_fn=None, extra_metrics=None, advantage_f
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
     system_prompt = None if compact else SYSTEM_PROMPT
-    game_options = lambda training: env_options(cfg.game, compact, opponent, training)
-    make_envs = make_envs or (lambda step, compact_, opponent_: [games.make_env(cfg.game, **game_options(True))
-                                                                 for _ in range(cfg.num_groups * cfg.group_size)])
-    evaluate_fn = evaluate_fn or (lambda model_, tokenizer_, opponent_: play(
-        model_, tokenizer_, [games.make_env(cfg.game, **game_options(False)) for _ in range(cfg.eval_games)],
-        0.0, cfg.max_new_tokens, system_prompt)[0])
+    if make_envs is None:
+        def make_envs(step, compact_, opponent_):
+            options = env_options(cfg.game, compact_, opponent_, training=True)
+            return [games.make_env(cfg.game, **options) for _ in range(cfg.num_groups * cfg.group_size)]
+    if evaluate_fn is None:
+        def evaluate_fn(model_, tokenizer_, opponent_):
+            envs = [games.make_env(cfg.game, **env_options(cfg.game, compact, opponent_, training=False))
+                    for _ in range(cfg.eval_games)]
+            return play(model_, tokenizer_, envs, 0.0, cfg.max_new_tokens, system_prompt)[0]
     # dr_grpo's constant L_max: the most tokens one episode can sample.
     cfg = dataclasses.replace(cfg)
     cfg.max_completion_length = cfg.max_new_tokens * max(e.max_turns for e in make_envs(0, compact, opponent))
