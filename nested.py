@@ -27,6 +27,7 @@ Run:  python nested.py --quick        # I2, every row, 2 seeds: a smoke test (~4
       python nested.py --setting F+I2 --num-groups 6   # arith -> matrix -> tictactoe, the paper's order
       python nested.py --setting I2 --order tictactoe,matrix --modes nested   # the order ablation (Table 6)
 """
+import hashlib
 import json
 import math
 import os
@@ -407,6 +408,9 @@ def run_experiment(cfg):
     label = cfg.setting + ("" if tuple(tasks) == SETTINGS[cfg.setting] else "_" + "-".join(tasks))
     root, t0 = os.path.join(cfg.out_dir, label), time.time()
     spec, path = {k: v for k, v in asdict(cfg).items() if k not in NEUTRAL}, os.path.join(root, "run.json")
+    # Other starting weights under the same name (a rebuilt data/tiny) are another experiment: the spec has their hash.
+    weights = os.path.join(grpo.TINY_DIR if cfg.model == "tiny" else cfg.model, "model.safetensors")
+    spec["model_sha256"] = hashlib.sha256(open(weights, "rb").read()).hexdigest() if os.path.exists(weights) else None
     if (read_json(path) or spec) != spec:
         raise SystemExit(f"{path}: this folder was started with other settings; use another --out-dir or delete it")
     os.makedirs(base := os.path.join(root, "base"), exist_ok=True)

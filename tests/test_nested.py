@@ -5,6 +5,7 @@ Scripted answers: the matrix game's target is on the env (env.target); TicTacToe
 minimax-best move against games.py's seeded random opponent, so every episode here is deterministic.
 """
 import collections
+import hashlib
 import json
 import os
 import random
@@ -317,6 +318,13 @@ def test_end_to_end_single_mixed_nested(tmp_path, capsys):
     # ... but refuses to reuse a folder for other settings
     with pytest.raises(SystemExit):
         nested.run_experiment(nested.parse_args(quick_args(tmp_path, "--lr", "0.1")))
+    # ... or for other starting weights under the same name (a rebuilt data/tiny): run.json holds their hash
+    spec = json.load(open(root / "run.json"))
+    shipped = open(os.path.join(grpo.TINY_DIR, "model.safetensors"), "rb").read()
+    assert spec["model_sha256"] == hashlib.sha256(shipped).hexdigest()
+    json.dump({**spec, "model_sha256": "0" * 64}, open(root / "run.json", "w"))
+    with pytest.raises(SystemExit):
+        nested.run_experiment(cfg)
 
 
 def test_nested_after_warmup_keeps_the_budget_and_fresh_start_states(tmp_path, monkeypatch):
