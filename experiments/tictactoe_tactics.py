@@ -2,7 +2,7 @@
 experiments/tictactoe_tactics.py -- what did a TicTacToe policy learn? Tactics in play, a probe over every
 position, and the best result any policy can get against the random opponent.
 
-Three measurements of one question (docs/LOG.md, "the blocking study"):
+Measurements of one question (docs/LOG.md, "the blocking study"):
   in play   TacticsTicTacToe counts, on every legal move of the learner, whether it could win at once and
             did ("took_win"), and whether the opponent threatened to win and it blocked ("blocked").
   probe     one greedy move in EVERY unfinished position that holds a tactic: 2,358 with a win to take and
@@ -10,14 +10,18 @@ Three measurements of one question (docs/LOG.md, "the blocking study"):
   optimum   the expectimax value of TicTacToe against the uniformly random opponent, under grpo.py's
             evaluation protocol (empty board, random first player) and GIFT's rewards (win 1, draw 0.5):
             the scale for "wins 80%" -- perfect (minimax) play is NOT it, since it does not exploit mistakes.
+  orders    the same exact values for fixed-order players (the first empty cell of one order of the cells),
+            with or without taking wins and blocking first: what a board-blind policy can reach.
 
 Run:  python experiments/tictactoe_tactics.py --optimum                          # exact, a few seconds
+      python experiments/tictactoe_tactics.py --orders 3000                      # fixed-order players, ~1.5 min
       python experiments/tictactoe_tactics.py --model runs/grpo/checkpoint      # in play (200 games) + probe
 """
 import argparse
 import functools
 import itertools
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -191,12 +195,43 @@ def rule_player(block):
                                                    _rule((EMPTY,) * 9, "x", "o", block)))
 
 
+# Fixed-order players, the shape of what GRPO converges to here (docs/LOG.md, 2026-12-06): play the first empty
+# cell of one fixed order of the 9 cells, whatever the board; optionally take a win (and block) first. No board
+# reading beyond legality, yet a good order wins about as often as the default run's policy.
+@functools.lru_cache(maxsize=None)
+def _ordered(board, to_move, me, order, tactics):
+    """(win, draw, loss) for `me` playing `order` (tactics: "", "win" or "win+block"), the opponent at random."""
+    winner, moves = games.ttt_winner(board), games.ttt_legal_moves(board)
+    if winner or not moves:
+        return (0.0, 1.0, 0.0) if not winner else (1.0, 0.0, 0.0) if winner == me else (0.0, 0.0, 1.0)
+    if to_move == me:
+        wins = winning_cells(board, me) if tactics else []
+        threats = winning_cells(board, games._other(me)) if tactics == "win+block" else []
+        moves = [next(k for k in order if k in (wins or threats or moves))]
+    results = [_ordered(games._place(board, m, to_move), games._other(to_move), me, order, tactics) for m in moves]
+    return tuple(sum(r[i] for r in results) / len(results) for i in range(3))
+
+
+def order_player(order, tactics=""):
+    """(win, draw, loss) of a fixed-order player under the evaluation protocol (random first player)."""
+    order = tuple(order)
+    return tuple(0.5 * a + 0.5 * b for a, b in zip(_ordered((EMPTY,) * 9, "x", "x", order, tactics),
+                                                   _ordered((EMPTY,) * 9, "x", "o", order, tactics)))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--model", default="", help="a checkpoint to measure in play and on the probe")
     p.add_argument("--games", type=int, default=200, help="evaluation games against random (default 200)")
     p.add_argument("--optimum", action="store_true", help="print the best possible result against random")
+    p.add_argument("--orders", type=int, default=0, help="fixed-order players: the best of N random orders (seed 0)")
     args = p.parse_args(argv)
+    if args.orders:
+        orders = random.Random(0).sample(list(itertools.permutations(range(9))), args.orders)
+        for tactics in ("", "win", "win+block"):
+            wins = sorted(order_player(o, tactics)[0] for o in orders)
+            print(f"fixed order{', ' + tactics + ' first' if tactics else ''}: best of {args.orders} random orders "
+                  f"wins {100 * wins[-1]:.1f}%, the median order {100 * wins[len(wins) // 2]:.1f}%")
     if args.optimum:
         for prefer in ("wins", "safety", "minimax"):
             win, draw, loss = optimum(prefer)
