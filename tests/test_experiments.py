@@ -70,6 +70,18 @@ def test_fixed_order_players():
     assert tt._ordered(tuple("xx.oo...."), "x", "x", best, "")[2] >= 0.25   # then o completes its row at 5 (1 in 4)
 
 
+def test_fit_order_recovers_a_board_blind_policy():
+    boards = [board for board, _ in tt.positions()]
+    order = (4, 0, 8, 2, 6, 1, 3, 5, 7)
+    moves = [next(k for k in order if board[k] == tt.EMPTY) for board in boards]    # a pure fixed-order player
+    assert tt.fit_order(boards, moves) == (order, 1.0)
+    # a policy that takes its wins first is that order in every position without a win to take
+    wins = [tt.winning_cells(board, mark) for board, mark in tt.positions()]
+    tactical = [next(k for k in order if k in w) if w else m for w, m in zip(wins, moves)]    # its first win
+    fitted, agreement = tt.fit_order(boards, tactical)
+    assert fitted == order and agreement == sum(not w or m in w for w, m in zip(wins, moves)) / len(boards) < 1.0
+
+
 def scripted(replies):
     """Seed 2: the learner is x and moves first; the opponent's replies are fixed."""
     replies = iter(replies)
