@@ -192,50 +192,42 @@ def optimum(prefer="wins"):
     return tuple(0.5 * a + 0.5 * b for a, b in zip(first, second))
 
 
-# Two rule players that bracket what GRPO learns (docs/LOG.md, 2026-12-06): "take a win when there is one, else
-# a uniformly random legal move", and the same with "else block the opponent's win" in between. A policy that
-# only learned to take its wins cannot beat the first; blocking is worth the difference between them.
+# Scripted players that bracket what GRPO learns (docs/LOG.md, 2026-12-06), valued exactly against the random
+# opponent. They take a win when there is one ("win"), then block the opponent's win ("win+block"), else move:
+#   rule player         uniformly at random among the legal moves. Taking wins alone caps what a policy that
+#                       only learned to take its wins can reach; blocking is worth the difference.
+#   fixed-order player  to the first empty cell of one fixed order of the 9 cells, whatever the board: no board
+#                       reading beyond legality, the shape of what GRPO converges to here.
 @functools.lru_cache(maxsize=None)
-def _rule(board, to_move, me, block):
-    """(win, draw, loss) for `me` playing the rule, the random opponent playing uniformly, `to_move` to move."""
-    winner, moves = games.ttt_winner(board), games.ttt_legal_moves(board)
-    if winner or not moves:
-        return (0.0, 1.0, 0.0) if not winner else (1.0, 0.0, 0.0) if winner == me else (0.0, 0.0, 1.0)
-    if to_move == me:
-        wins, threats = winning_cells(board, me), winning_cells(board, games._other(me)) if block else []
-        moves = wins or threats or moves
-    results = [_rule(games._place(board, m, to_move), games._other(to_move), me, block) for m in moves]
-    return tuple(sum(r[i] for r in results) / len(results) for i in range(3))
-
-
-def rule_player(block):
-    """(win, draw, loss) of the rule player under the evaluation protocol (random first player)."""
-    return tuple(0.5 * a + 0.5 * b for a, b in zip(_rule((EMPTY,) * 9, "x", "x", block),
-                                                   _rule((EMPTY,) * 9, "x", "o", block)))
-
-
-# Fixed-order players, the shape of what GRPO converges to here (docs/LOG.md, 2026-12-06): play the first empty
-# cell of one fixed order of the 9 cells, whatever the board; optionally take a win (and block) first. No board
-# reading beyond legality, yet a good order wins about as often as the default run's policy.
-@functools.lru_cache(maxsize=None)
-def _ordered(board, to_move, me, order, tactics):
-    """(win, draw, loss) for `me` playing `order` (tactics: "", "win" or "win+block"), the opponent at random."""
+def _scripted(board, to_move, me, order, tactics):
+    """(win, draw, loss) for `me` playing `tactics` ("", "win" or "win+block"), then `order` (None: uniformly
+    at random), the opponent uniformly at random, `to_move` to move."""
     winner, moves = games.ttt_winner(board), games.ttt_legal_moves(board)
     if winner or not moves:
         return (0.0, 1.0, 0.0) if not winner else (1.0, 0.0, 0.0) if winner == me else (0.0, 0.0, 1.0)
     if to_move == me:
         wins = winning_cells(board, me) if tactics else []
         threats = winning_cells(board, games._other(me)) if tactics == "win+block" else []
-        moves = [next(k for k in order if k in (wins or threats or moves))]
-    results = [_ordered(games._place(board, m, to_move), games._other(to_move), me, order, tactics) for m in moves]
+        moves = wins or threats or moves
+        moves = moves if order is None else [next(k for k in order if k in moves)]
+    results = [_scripted(games._place(board, m, to_move), games._other(to_move), me, order, tactics) for m in moves]
     return tuple(sum(r[i] for r in results) / len(results) for i in range(3))
 
 
+def _scripted_protocol(order, tactics):
+    """(win, draw, loss) under the evaluation protocol: the random opponent moves first half the time."""
+    return tuple(0.5 * a + 0.5 * b for a, b in zip(_scripted((EMPTY,) * 9, "x", "x", order, tactics),
+                                                   _scripted((EMPTY,) * 9, "x", "o", order, tactics)))
+
+
+def rule_player(block):
+    """(win, draw, loss) of the rule player that takes wins (and blocks, if `block`), else moves at random."""
+    return _scripted_protocol(None, "win+block" if block else "win")
+
+
 def order_player(order, tactics=""):
-    """(win, draw, loss) of a fixed-order player under the evaluation protocol (random first player)."""
-    order = tuple(order)
-    return tuple(0.5 * a + 0.5 * b for a, b in zip(_ordered((EMPTY,) * 9, "x", "x", order, tactics),
-                                                   _ordered((EMPTY,) * 9, "x", "o", order, tactics)))
+    """(win, draw, loss) of the fixed-order player with `tactics` ("", "win" or "win+block")."""
+    return _scripted_protocol(tuple(order), tactics)
 
 
 def main(argv=None):

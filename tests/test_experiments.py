@@ -53,7 +53,7 @@ def test_rule_players_bracket_what_blocking_is_worth():
     assert tt.rule_player(False) == pytest.approx((0.6676, 0.0746, 0.2578), abs=1e-4)
     assert tt.rule_player(True) == pytest.approx((0.7976, 0.1653, 0.0370), abs=1e-4)
     # a hand check on one position: x to move with a win at cell 2 takes it every time
-    assert tt._rule(tuple("xx.oo...."), "x", "x", False) == (1.0, 0.0, 0.0)
+    assert tt._scripted(tuple("xx.oo...."), "x", "x", None, "win") == (1.0, 0.0, 0.0)
 
 
 def test_fixed_order_players():
@@ -66,8 +66,8 @@ def test_fixed_order_players():
     for tactics in ("", "win", "win+block"):
         assert tt.order_player(best, tactics) == pytest.approx(tt.order_player(map(rotate, best), tactics), abs=1e-12)
     # by hand: x to move on xx.oo.... plays cell 8 by the order, or takes the win at cell 2 with "win"
-    assert tt._ordered(tuple("xx.oo...."), "x", "x", best, "win") == (1.0, 0.0, 0.0)
-    assert tt._ordered(tuple("xx.oo...."), "x", "x", best, "")[2] >= 0.25   # then o completes its row at 5 (1 in 4)
+    assert tt._scripted(tuple("xx.oo...."), "x", "x", best, "win") == (1.0, 0.0, 0.0)
+    assert tt._scripted(tuple("xx.oo...."), "x", "x", best, "")[2] >= 0.25   # then o completes its row at 5 (1 in 4)
 
 
 def test_fit_order_recovers_a_board_blind_policy():
