@@ -102,13 +102,19 @@ def greedy_moves(model, tokenizer, cases, max_new=24):
     return [games.parse_ttt_move(games.parse_answer(text) or "") for text in texts]
 
 
-def probe(model, tokenizer, max_new=24):
-    """Greedy move in every tactic position: {"took_win": rate, "blocked": rate}."""
-    cases, hits = tactic_positions(), {"win": [0, 0], "block": [0, 0]}
-    for (_, _, kind, cells), move in zip(cases, greedy_moves(model, tokenizer, cases, max_new)):
-        hits[kind][0] += move in cells
+def probe_rates(move_at):
+    """{"took_win": rate, "blocked": rate} from move_at[(board, mark)], a greedy cell for each tactic position."""
+    hits = {"win": [0, 0], "block": [0, 0]}
+    for board, mark, kind, cells in tactic_positions():
+        hits[kind][0] += move_at[board, mark] in cells
         hits[kind][1] += 1
     return {"took_win": hits["win"][0] / hits["win"][1], "blocked": hits["block"][0] / hits["block"][1]}
+
+
+def probe(model, tokenizer, max_new=24):
+    """Greedy move in every tactic position: {"took_win": rate, "blocked": rate}."""
+    cases = tactic_positions()
+    return probe_rates({case[:2]: move for case, move in zip(cases, greedy_moves(model, tokenizer, cases, max_new))})
 
 
 # How board-blind is a policy? Fit one order of the cells to its greedy moves in every position, greedily: the
@@ -256,11 +262,12 @@ def main(argv=None):
         model, tokenizer = grpo.load_policy(args.model)
         envs = [TacticsTicTacToe(compact=grpo.is_compact(model)) for _ in range(args.games)]
         rates, episodes = grpo.play(model, tokenizer, envs)
-        in_play, on_probe = tactic_rates(episodes), probe(model, tokenizer)
+        moves = greedy_moves(model, tokenizer, positions())         # every position, once: probe and order fit
+        in_play, on_probe = tactic_rates(episodes), probe_rates(dict(zip(positions(), moves)))
         print(f"{args.model}: wins {100 * rates.get('win', 0):.1f}%, losses {100 * rates.get('loss', 0):.1f}%; in play "
               f"took_win {in_play['wins_taken']}/{in_play['win_chances']}, blocked {in_play['blocks_made']}/"
               f"{in_play['block_chances']}; probe took_win {100 * on_probe['took_win']:.1f}%, blocked {100 * on_probe['blocked']:.1f}%")
-        order, agreement = fit_order([board for board, _ in positions()], greedy_moves(model, tokenizer, positions()))
+        order, agreement = fit_order([board for board, _ in positions()], moves)
         print(f"its greedy move is the first empty cell of the order {order} in {100 * agreement:.1f}% of all "
               f"{len(positions())} positions; that order alone wins {100 * order_player(order)[0]:.1f}%, and "
               f"{100 * order_player(order, 'win')[0]:.1f}% taking its wins first")
